@@ -1,0 +1,30 @@
+"""Registry of samplers. ``samplers.get("mala")`` returns the class; ``cls.Config`` its config."""
+from __future__ import annotations
+
+from .base import Budget, BudgetClock, Diverged, Sampler, check_finite
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: registers ``cls`` under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"sampler {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> type:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown sampler {name!r}; valid samplers: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+# Importing a module registers its samplers (explicit list, no folder globbing).
+# from . import mcmc  # noqa: E402,F401
+
+__all__ = ["Budget", "BudgetClock", "Diverged", "Sampler", "check_finite", "register", "get", "names"]
