@@ -1,10 +1,25 @@
 """Registry of metrics: ``metrics.get(name)(samples [n, dim], reference [m, dim], target) -> float``.
-Definitions: docs/metrics.md (spec v1)."""
+
+Definitions: docs/metrics.md (spec v1). Every registered metric compares particle targets in
+mean-free coordinates and GMM in its original coordinates, is deterministic given its inputs, and
+leaves the target's evaluation counters unchanged. Metrics that need the sampler's own density
+(``nll``, ``log_z``, ``elbo``, ``ess``) are in :mod:`metrics.density`; ``applicable`` lists them
+when the sampler has a density.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
+from . import density, histograms, one_d, wasserstein
+from ._common import SUBSAMPLE_SEED, MetricInputError, is_particle
+from .density import DENSITY_METRICS
+from .histograms import histogram_on_reference_bins
+
+SPEC_VERSION = "1"
+
 _REGISTRY: dict[str, Callable] = {}
+# Metrics defined only for particle targets (they need interatomic distances or alignments).
+PARTICLE_ONLY = frozenset({"x_w2_aligned", "dist_tvd", "dist_tvd_official", "dist_w2_sq"})
 
 
 def register(name: str, fn: Callable) -> Callable:
@@ -24,4 +39,28 @@ def get(name: str) -> Callable:
     return _REGISTRY[name]
 
 
-__all__ = ["register", "get", "names"]
+def applicable(target, sampler_has_log_prob: bool = False) -> list[str]:
+    """Names of the metrics that apply to ``target``: the registered ones (minus the
+    particle-only ones for GMM-40), then the density metrics if the sampler has a density.
+    Registered names go through ``get``; density names through ``metrics.density.evaluate``."""
+    out = [n for n in names() if is_particle(target) or n not in PARTICLE_ONLY]
+    return out + list(DENSITY_METRICS) if sampler_has_log_prob else out
+
+
+for _name, _fn in [
+    ("x_w2", wasserstein.x_w2),
+    ("x_w2_aligned", wasserstein.x_w2_aligned),
+    ("energy_w1", one_d.energy_w1),
+    ("energy_w2", one_d.energy_w2),
+    ("energy_w2_sq", one_d.energy_w2_sq),
+    ("dist_w2_sq", one_d.dist_w2_sq),
+    ("dist_tvd", histograms.dist_tvd),
+    ("dist_tvd_official", histograms.dist_tvd_official),
+    ("energy_tvd", histograms.energy_tvd),
+    ("energy_tvd_official", histograms.energy_tvd_official),
+]:
+    register(_name, _fn)
+
+__all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "DENSITY_METRICS", "SUBSAMPLE_SEED",
+           "MetricInputError", "register", "get", "names", "applicable",
+           "histogram_on_reference_bins", "density", "histograms", "one_d", "wasserstein"]
