@@ -7,7 +7,8 @@ mean-free coordinates (``target.remove_mean`` on both sides, as the official iDE
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -93,18 +94,24 @@ def subsample_pair(x: torch.Tensor, y: torch.Tensor, max_n: int | None,
     return subsample(x, max_n, generator), subsample(y, max_n, generator)
 
 
-def uncounted_energy(target: Any, x: torch.Tensor) -> torch.Tensor:
-    """E(x) ``[n]`` through the target's public ``energy``, with its counters restored afterwards.
+@contextmanager
+def counters_restored(target: Any) -> Iterator[None]:
+    """Run a block of metric work and put ``target.counter`` back as it was afterwards.
 
     Metrics evaluate energies of samples and references; those evaluations are the
-    benchmark's, not the sampler's, so they must not appear in the sampler's energy accounting."""
+    benchmark's, not the sampler's, so they must not appear in the sampler's accounting."""
     counter = target.counter
     saved = (counter.energy_evals, counter.grad_evals)
     try:
-        with torch.no_grad():
-            return target.energy(x).detach().to(torch.float64)
+        yield
     finally:
         counter.energy_evals, counter.grad_evals = saved
+
+
+def uncounted_energy(target: Any, x: torch.Tensor) -> torch.Tensor:
+    """E(x) ``[n]`` (float64) through the target's public ``energy``, counters restored."""
+    with counters_restored(target), torch.no_grad():
+        return target.energy(x).detach().to(torch.float64)
 
 
 def pooled_distances(target: Any, x: torch.Tensor) -> np.ndarray:

@@ -27,9 +27,9 @@ How the minimum is found (documented in docs/metrics.md, "x_w2_aligned"):
   nearly spherical, so their principal axes are poorly defined and the landscape has many local
   minima: docs/metrics.md records how far this search is from a 200-start search.
 
-Cost: (starts + n_rounds - 1) Hungarian calls of size N per pair (about 9 µs per call with its
-batched Kabsch for N = 13, 80 µs for N = 55 on one core), so callers cap n and m
-(``x_w2_aligned``: 500 per side for N <= 13, 200 above).
+Cost: (starts + n_rounds - 1) Hungarian calls of size N per pair: about 180 µs per pair for
+N = 13 and 4 ms for N = 55 on one core, so callers cap n and m (``x_w2_aligned``: 500 per side
+for N <= 13, 128 above).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ._common import MetricInputError, as_points, is_particle, uncounted_energy
+from ._common import MetricInputError, as_points, counters_restored, is_particle, uncounted_energy
 
 DENSITY_METRICS = ("nll", "log_z", "elbo", "ess")
 
@@ -79,6 +79,7 @@ def nll(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], reference: torch.Te
     ``batch_size`` float32 rows (the dtype samplers use)."""
     if not callable(log_prob_fn):
         raise MetricInputError(f"log_prob_fn must be callable, got {type(log_prob_fn).__name__}")
+    reference = torch.as_tensor(reference)
     if reference.ndim != 2 or reference.shape[0] == 0:
         raise MetricInputError(f"reference must have shape [m, dim] with m >= 1, "
                                f"got {tuple(reference.shape)}")
@@ -100,9 +101,11 @@ def evaluate(target, log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
     y = as_points(reference, target, "reference")
     if is_particle(target):
         x, y = target.remove_mean(x), target.remove_mean(y)
-    with torch.no_grad():
-        lq = log_prob_fn(x.to(torch.float32))
-    lp = -uncounted_energy(target, x)
-    lp = torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
-    return {"nll": nll(log_prob_fn, y), "log_z": log_z(lp, lq), "elbo": elbo(lp, lq),
-            "ess": ess(lp, lq)}
+    # Restore the counters around everything, in case log_prob_fn itself touches the target.
+    with counters_restored(target):
+        with torch.no_grad():
+            lq = log_prob_fn(x.to(torch.float32))
+        lp = -uncounted_energy(target, x)
+        lp = torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
+        return {"nll": nll(log_prob_fn, y), "log_z": log_z(lp, lq), "elbo": elbo(lp, lq),
+                "ess": ess(lp, lq)}

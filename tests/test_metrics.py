@@ -214,6 +214,12 @@ def test_search_never_beats_exact_and_finds_copies():
     assert found.max() < 1e-9
 
 
+def test_aligned_default_cap(dw4):
+    x, y = refs(dw4, 520, 21, "val"), refs(dw4, 520, 22)
+    f = metrics.get("x_w2_aligned")
+    assert f(x, y, dw4) == f(x, y, dw4, max_n=500) != f(x, y, dw4, max_n=None)
+
+
 def test_exact_alignment_recovers_dw4_reflection(dw4):
     x = refs(dw4, 10, 13).double()
     mirrored = (x.reshape(10, 4, 2) * torch.tensor([-1.0, 1.0], dtype=torch.float64)).reshape(10, 8)
@@ -304,7 +310,9 @@ def test_density_evaluate_and_nll_for_exact_gmm(gmm):
     standard error at 20k points ~0.01), log Z = 0, ESS = 1 (up to float32 log q)."""
     g = torch.Generator().manual_seed(20)
     ref = gmm.sample_exact(20000, g)
+    before = gmm.counter.snapshot()
     out = density.evaluate(gmm, gmm.log_prob, gmm.sample_exact(1000, g), ref)
+    assert gmm.counter.snapshot() == before  # even though log q here is the target's log p
     assert out["nll"] == pytest.approx(6.8605, abs=0.05)
     assert abs(out["log_z"]) < 1e-5 and abs(out["elbo"]) < 1e-5
     assert out["ess"] == pytest.approx(1.0, abs=1e-6)
