@@ -1,0 +1,251 @@
+"""One grid cell (target, sampler, seed): fit under the budget, sample, score, write its row.
+
+``run_cell(spec)`` is the single picklable seam every launcher calls (in-process, local
+subprocesses or SLURM array tasks). It never raises for a sampler's failure: the outcome is a row
+with ``status`` in ok / skipped / diverged / error (timeouts are written by the grid process,
+which sees the job die). Files, all written atomically into ``OUT/cells/<cell_key>/``:
+``row.json``, ``samples.npy`` (``[n_eval, dim]`` float32), ``config.yaml`` (the resolved cell
+config), ``traceback.txt`` for errors, ``checkpoint.pt`` while a checkpointable sampler runs.
+
+Seeds: the cell seed is a stable hash of (base seed, target, sampler, seed index) — never Python's
+salted ``hash()`` — so a cell draws the same numbers in any process. ``fit`` gets a generator seeded
+with the cell seed, ``sample`` one seeded with a second hash of it.
+
+Skipping: a sampler that cannot handle a target says so with a ``supports(target)`` class method
+returning False or a reason string, or by raising ``NotImplementedError`` in ``fit``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+import metrics
+import samplers
+import targets
+from . import rows, scoring
+from .config import build_sampler_config, load_plugins
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def stable_int(*parts: Any) -> int:
+    """A 60-bit integer from sha256 of the parts joined by '|' (identical across processes)."""
+    blob = "|".join(str(p) for p in parts).encode()
+    return int(hashlib.sha256(blob).hexdigest()[:15], 16)
+
+
+def cell_seed(base_seed: int, target: str, sampler: str, seed: int) -> int:
+    return stable_int(base_seed, target, sampler, seed)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a cell needs, resolved in the grid process; picklable and JSON-able."""
+
+    target: str
+    target_fingerprint: str
+    sampler: str
+    seed: int
+    base_seed: int
+    sampler_config: dict
+    budget: dict
+    n_eval: int
+    metric_options: dict
+    out: str
+    threads: int = 1
+    profile: str = ""
+    plugins: tuple = ()
+
+    @property
+    def cell_seed(self) -> int:
+        return cell_seed(self.base_seed, self.target, self.sampler, self.seed)
+
+    def resolved(self) -> dict:
+        """The config that defines the cell's result (hashed into its key)."""
+        return {"target": self.target, "target_fingerprint": self.target_fingerprint,
+                "sampler": self.sampler, "sampler_config": self.sampler_config,
+                "budget": self.budget, "seed": self.seed, "base_seed": self.base_seed,
+                "cell_seed": self.cell_seed, "n_eval": self.n_eval,
+                "metric_options": self.metric_options, "metric_spec_version": metrics.SPEC_VERSION}
+
+    @property
+    def key(self) -> str:
+        """``<target>-<sampler>-s<seed>-<hash>``: readable, and a new folder whenever anything in
+        :meth:`resolved` changes (the hash covers it all, target fingerprint included)."""
+        blob = json.dumps(rows.jsonable(self.resolved()), sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"{self.target}-{self.sampler}-s{self.seed}-{digest}"
+
+    @property
+    def dir(self) -> Path:
+        return rows.cell_dir(self.out, self.key)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def base_row(spec: CellSpec) -> dict:
+    """Identity and provenance columns, before anything runs."""
+    return {"target": spec.target, "target_fingerprint": spec.target_fingerprint,
+            "sampler": spec.sampler, "seed": spec.seed, "cell_seed": spec.cell_seed,
+            "base_seed": spec.base_seed, "cell_key": spec.key, "profile": spec.profile,
+            "status": "error", "reason": "", "energy_evals": 0, "grad_evals": 0,
+            "fit_energy_evals": 0, "fit_grad_evals": 0, "fit_seconds": math.nan,
+            "sample_seconds": math.nan, "metric_seconds": math.nan, "n_eval": spec.n_eval,
+            "code_version": rows.code_version(), **rows.library_versions(),
+            "metric_spec_version": metrics.SPEC_VERSION, "reference_source": "",
+            "config": json.dumps(rows.jsonable(spec.resolved()), sort_keys=True),
+            "host": socket.gethostname(), "started_at": _now()}
+
+
+def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
+    """Run one cell and write its files; returns the row. ``live`` (optional) is filled with the
+    running sampler and target so that a checkpoint handler can save the sampler's state."""
+    row = base_row(spec)
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    rows.write_text(spec.dir / rows.CONFIG_FILE, OmegaConf.to_yaml(rows.jsonable(spec.resolved())))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    live = live if live is not None else {}
+    try:
+        _run(spec, row, live)
+    except samplers.Diverged as exc:
+        row.update(status="diverged", reason=str(exc))
+    except NotImplementedError as exc:
+        row.update(status="skipped", reason=f"not supported: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any failure is data, never a crash of the grid
+        tb = spec.dir / "traceback.txt"
+        rows.write_text(tb, traceback.format_exc())
+        row.update(status="error", reason=f"{type(exc).__name__}: {exc}", traceback=str(tb))
+    finally:
+        torch.set_num_threads(threads)
+        target = row.pop("_target", None)
+        if target is not None and row["status"] != "ok":  # spending up to the failure
+            row.update(energy_evals=target.counter.energy_evals, grad_evals=target.counter.grad_evals)
+        live.clear()
+    row["peak_memory_mb"] = rows.peak_memory_mb()
+    row["finished_at"] = _now()
+    rows.write_json(spec.dir / rows.ROW_FILE, row)
+    if row["status"] in rows.FINISHED:
+        (spec.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return row
+
+
+def _run(spec: CellSpec, row: dict, live: dict) -> None:
+    load_plugins(spec.plugins)
+    target = targets.get(spec.target)
+    row["_target"] = target
+    if target.fingerprint != spec.target_fingerprint:
+        raise RuntimeError(f"target {spec.target} fingerprint {target.fingerprint} differs from the "
+                           f"grid's {spec.target_fingerprint}: the code changed under the grid")
+    cls = samplers.get(spec.sampler)
+    supports = getattr(cls, "supports", None)
+    verdict = supports(target) if callable(supports) else True
+    if verdict is not True:
+        row.update(status="skipped", reason=str(verdict) if verdict else "not supported")
+        return
+    row.update(target_pretty=target.pretty_name, sampler_pretty=getattr(cls, "pretty_name", spec.sampler))
+    sampler = cls(build_sampler_config(spec.sampler, spec.sampler_config))
+    budget, resumed = _resume(spec, sampler, target)
+    row["resumed_from_checkpoint"] = resumed is not None
+    prior = (resumed or {}).get("fit_seconds", 0.0)
+    live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(), prior_seconds=prior)
+    t0 = time.perf_counter()
+    info = {} if budget is None else sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
+    row["fit_seconds"] = time.perf_counter() - t0 + prior
+    live.clear()
+    row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
+    fit_counts = target.counter.snapshot()
+    row.update(fit_energy_evals=fit_counts["energy_evals"], fit_grad_evals=fit_counts["grad_evals"])
+    _check_losses(info or {})
+
+    gen = torch.Generator().manual_seed(stable_int(spec.cell_seed, "sample"))
+    t0 = time.perf_counter()
+    log_w = None
+    if getattr(cls, "has_importance_weights", False):
+        x, log_w = sampler.log_weights(spec.n_eval, gen)
+    else:
+        x = sampler.sample(spec.n_eval, gen)
+    row["sample_seconds"] = time.perf_counter() - t0
+    counts = target.counter.snapshot()  # before metrics: metric energies are not the sampler's
+    row.update(energy_evals=counts["energy_evals"], grad_evals=counts["grad_evals"])
+    x = _check_samples(x, spec, target)
+    rows.write_npy(spec.dir / rows.SAMPLES_FILE, x.numpy())
+    row["samples_file"] = str(spec.dir / rows.SAMPLES_FILE)
+
+    t0 = time.perf_counter()
+    log_prob = sampler.log_prob if getattr(cls, "has_log_prob", False) else None
+    values, errors, ref_cols = scoring.score(target, x, log_prob=log_prob, log_w=log_w,
+                                             metric_options=spec.metric_options)
+    row["metric_seconds"] = time.perf_counter() - t0
+    row.update(ref_cols)
+    row.update(values)
+    row["metric_errors"] = json.dumps(errors, sort_keys=True) if errors else ""
+    row.update(status="ok", reason=ref_cols.get("reference_reason", ""))
+
+
+def _check_losses(info: dict) -> None:
+    for k, v in info.items():
+        if "loss" in k and isinstance(v, (int, float)) and not math.isfinite(v):
+            raise samplers.Diverged(f"fit info {k} = {v}")
+
+
+def _check_samples(x, spec: CellSpec, target) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.shape != (spec.n_eval, target.dim):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise RuntimeError(f"{spec.sampler}.sample({spec.n_eval}) must return a tensor "
+                           f"[{spec.n_eval}, {target.dim}], got {shape}")
+    x = x.detach().to("cpu", torch.float32)
+    samplers.check_finite(x, f"{spec.sampler} samples")
+    return x
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(live: dict) -> bool:
+    """Save the running sampler's ``state_dict`` with the spending so far (called from the
+    preemption handler). Returns whether a checkpoint was written."""
+    sampler, target, spec = live.get("sampler"), live.get("target"), live.get("spec")
+    if sampler is None or not hasattr(sampler, "state_dict"):
+        return False
+    buf = io.BytesIO()
+    torch.save({"state": sampler.state_dict(), **target.counter.snapshot(),
+                "fit_seconds": time.perf_counter() - live["t0"] + live["prior_seconds"]}, buf)
+    rows._atomic_bytes(spec.dir / CHECKPOINT_FILE, buf.getvalue())
+    return True
+
+
+def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget | None, dict | None]:
+    """The budget for ``fit``: the full one, or after a checkpoint the remainder (energy and time
+    caps minus what was spent; ``None`` if nothing remains). Step caps are the sampler's own."""
+    path = spec.dir / CHECKPOINT_FILE
+    if not (path.is_file() and hasattr(sampler, "load_state_dict")):
+        return samplers.Budget(**spec.budget), None
+    ckpt = torch.load(path, weights_only=False)
+    sampler.load_state_dict(ckpt["state"])
+    target.counter.energy_evals, target.counter.grad_evals = ckpt["energy_evals"], ckpt["grad_evals"]
+    b = dict(spec.budget)
+    if b.get("max_energy_evals") is not None:
+        b["max_energy_evals"] -= ckpt["energy_evals"]
+    if b.get("max_seconds") is not None:
+        b["max_seconds"] -= ckpt["fit_seconds"]
+    if any(v is not None and v <= 0 for v in b.values()):
+        return None, ckpt
+    return samplers.Budget(**b), ckpt
+
+
+def spec_asdict(spec: CellSpec) -> dict:
+    return dataclasses.asdict(spec)

@@ -1,0 +1,135 @@
+"""``python -m runners.evaluate target=lj13 samples=FILE.npy [out=DIR] [label=NAME] [n_eval=1000]``
+
+Scores samples produced by any code with the grid's metrics and writes the same row format into
+``DIR/cells/<key>/`` (default DIR: results/runs/external), so ``runners.collect`` puts them in the
+tables beside the grid's samplers. The first ``n_eval`` samples are used (all of them if fewer),
+compared with as many reference test points (runners/scoring.py). Samples may be ``[n, dim]`` or
+``[n, n_particles, spatial_dim]``; particle samples are made mean-free. Non-finite samples give
+status ``diverged``. No energy is charged to a sampler: ``energy_evals`` is empty (unknown).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import metrics
+import targets
+from . import rows, scoring
+from .cell import _now
+
+USAGE = "usage: python -m runners.evaluate target=NAME samples=FILE.npy [out=DIR] [label=NAME] [n_eval=N]"
+KEYS = ("target", "samples", "out", "label", "n_eval")
+
+
+class EvalError(ValueError):
+    pass
+
+
+def _parse(argv: list[str]) -> dict:
+    opts = {}
+    for tok in argv:
+        key, eq, val = tok.partition("=")
+        if not eq or key not in KEYS:
+            raise EvalError(f"argument {tok!r}: expected key=value with key in {', '.join(KEYS)}")
+        opts[key] = val
+    for req in ("target", "samples"):
+        if req not in opts:
+            raise EvalError(f"{req} is required. {USAGE}")
+    if opts["target"] not in targets.names():
+        raise EvalError(f"target: got {opts['target']!r}; allowed: {', '.join(targets.names())}")
+    if not Path(opts["samples"]).is_file():
+        raise EvalError(f"samples: file {opts['samples']!r} does not exist")
+    label = opts.get("label")
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
+        raise EvalError(f"label: got {label!r}; allowed characters: letters, digits, _ . + -")
+    try:
+        opts["n_eval"] = int(opts.get("n_eval", 1000))
+        if opts["n_eval"] < 2:
+            raise ValueError
+    except ValueError:
+        raise EvalError(f"n_eval: got {opts.get('n_eval')!r}; expected an integer >= 2") from None
+    return opts
+
+
+def load_samples(path: str, target) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise EvalError(f"samples: cannot read {path!r} as .npy: {exc}") from None
+    if x.ndim == 3 and target.n_particles and x.shape[1:] == (target.n_particles, target.spatial_dim):
+        x = x.reshape(x.shape[0], -1)
+    if x.ndim != 2 or x.shape[1] != target.dim or x.shape[0] < 2:
+        want = f"[n, {target.dim}]" + (f" or [n, {target.n_particles}, {target.spatial_dim}]"
+                                       if target.n_particles else "")
+        raise EvalError(f"samples: {target.name} needs an array {want} with n >= 2, got {x.shape}")
+    return x
+
+
+def evaluate(target_name: str, samples_path: str, out: str, label: str, n_eval: int = 1000) -> dict:
+    target = targets.get(target_name)
+    x = torch.as_tensor(load_samples(samples_path, target)[:n_eval], dtype=torch.float32)
+    if target.n_particles:
+        x = target.remove_mean(x)
+    digest = hashlib.sha256(Path(samples_path).read_bytes()).hexdigest()
+    cfg = {"target": target.name, "target_fingerprint": target.fingerprint, "sampler": label,
+           "samples_sha256": digest, "n_eval": n_eval, "metric_spec_version": metrics.SPEC_VERSION}
+    key = f"{target.name}-{label}-ext-" + hashlib.sha256(
+        json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    d = rows.cell_dir(out, key)
+    row = {"target": target.name, "target_fingerprint": target.fingerprint,
+           "target_pretty": target.pretty_name, "sampler": label, "sampler_pretty": label, "seed": 0,
+           "cell_seed": None, "cell_key": key, "profile": "external", "status": "ok", "reason": "",
+           "energy_evals": None, "grad_evals": None, "fit_seconds": math.nan,
+           "sample_seconds": math.nan, "n_eval": int(x.shape[0]),
+           "code_version": rows.code_version(), **rows.library_versions(),
+           "metric_spec_version": metrics.SPEC_VERSION, "config": json.dumps(cfg, sort_keys=True),
+           "external_file": str(Path(samples_path).resolve()), "started_at": _now()}
+    if not torch.isfinite(x).all():
+        row.update(status="diverged", reason=f"{int((~torch.isfinite(x)).sum())} non-finite values")
+    else:
+        rows.write_npy(d / rows.SAMPLES_FILE, x.numpy())
+        row["samples_file"] = str(d / rows.SAMPLES_FILE)
+        t0 = time.perf_counter()
+        values, errors, ref_cols = scoring.score(target, x)
+        row.update(ref_cols, **values, metric_seconds=time.perf_counter() - t0,
+                   metric_errors=json.dumps(errors, sort_keys=True) if errors else "",
+                   reason=ref_cols.get("reference_reason", ""))
+    row["peak_memory_mb"] = rows.peak_memory_mb()
+    row["finished_at"] = _now()
+    rows.write_json(d / rows.ROW_FILE, row)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\n\n" + __doc__.strip())
+        return 0 if argv else 2
+    try:
+        opts = _parse(argv)
+        target = targets.get(opts["target"])
+        load_samples(opts["samples"], target)  # validate before writing anything
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    label = opts.get("label") or Path(opts["samples"]).stem
+    row = evaluate(opts["target"], opts["samples"], opts.get("out", "results/runs/external"),
+                   label, opts["n_eval"])
+    print(f"[evaluate] {row['target']} / {label}: status {row['status']} -> "
+          f"{rows.cell_dir(opts.get('out', 'results/runs/external'), row['cell_key'])}")
+    for m in metrics.names() + list(metrics.DENSITY_METRICS):
+        if m in row:
+            print(f"  {m:<20} {row[m]:.6g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``python -m runners.grid targets=all samplers=all profile=smoke``: the benchmark grid.
+
+Every (target, sampler, seed) cell is fitted under its target's budget, sampled, scored and written
+as its own row (runners/cell.py); rows are collected into results.csv, tables and figures
+(runners/collect.py). Re-running the same command skips finished cells (ok, skipped, diverged)
+and retries failed ones (error, timeout). Exit status: 0 when the grid ran (failed cells are
+data, listed in the summary), 2 for bad input (nothing written), 130 when interrupted.
+
+Without ``profile=`` the paper's settings are used and the cost is estimated before dispatch;
+on a terminal the user is asked to confirm (``yes=true`` skips the question), a non-interactive
+run prints the estimate and proceeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import samplers
+import targets
+from . import config as cfgmod
+from . import rows
+from .cell import CellSpec
+from .launch import Progress, dispatch, resolve_launcher
+
+
+def help_text() -> str:
+    cfgmod.load_plugins(cfgmod.plugin_modules())
+    g = cfgmod.GridConfig()
+    lines = [__doc__.strip(), "", "Options (key=value, omegaconf syntax):"]
+    for f in dataclasses.fields(cfgmod.GridConfig):
+        if f.name != "slurm":
+            lines.append(f"  {f.name:<12} default {getattr(g, f.name)!r}")
+    lines.append("  slurm.<field>  " + ", ".join(
+        f"{f.name}={getattr(g.slurm, f.name)!r}" for f in dataclasses.fields(cfgmod.SlurmConfig)))
+    lines.append(f"  launcher     one of {', '.join(cfgmod.LAUNCHERS)} (auto: slurm where srun and "
+                 f"sbatch exist, else local)")
+    lines.append("  <sampler>.<key>=<value>  override a sampler's Config on every target")
+    lines.append("")
+    lines.append("Targets: " + ", ".join(f"{n} ({targets.get(n).pretty_name})" for n in targets.names()))
+    lines.append("Samplers:")
+    for name in samplers.names():
+        cls = samplers.get(name)
+        keys = ", ".join(cfgmod.config_keys(name))
+        lines.append(f"  {name} ({getattr(cls, 'pretty_name', name)}): {keys}")
+    builtin = sorted(p.stem for p in cfgmod.PROFILE_DIR.glob("*.yaml"))
+    lines.append("Profiles: " + ", ".join(builtin) + " or path/to/preset.yaml")
+    lines.append("")
+    lines.append("Examples:\n  python -m runners.grid targets=all samplers=all profile=smoke\n"
+                 "  python -m runners.grid targets=gmm40,dw4 samplers=mala seeds=[0,4] "
+                 "mala.step_size=0.1 profile=smoke\n"
+                 "  python -m runners.grid profile=paper launcher=slurm slurm.partition=gpu "
+                 "slurm.cells_per_job=4")
+    return "\n".join(lines)
+
+
+def build_specs(grid: cfgmod.Grid) -> list[CellSpec]:
+    fingerprints = {t: targets.get(t).fingerprint for t in grid.targets}
+    out = str(Path(grid.out).resolve())
+    return [CellSpec(target=t, target_fingerprint=fingerprints[t], sampler=s, seed=seed,
+                     base_seed=grid.config.base_seed,
+                     sampler_config=grid.sampler_configs[(s, t)], budget=grid.budgets[t],
+                     n_eval=grid.n_eval, metric_options=grid.metric_options, out=out,
+                     threads=grid.config.threads, profile=grid.profile_name, plugins=grid.plugins)
+            for t in grid.targets for s in grid.samplers for seed in grid.seeds]
+
+
+def energy_throughput(target_name: str, seconds: float = 0.3) -> float:
+    """Energy+gradient evaluations per second of one thread on this machine (batch 256)."""
+    t = targets.get(target_name)
+    x = torch.randn(256, t.dim, generator=torch.Generator().manual_seed(0))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        t.energy_and_grad(x)
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def estimate(grid: cfgmod.Grid, specs: list[CellSpec], workers: int) -> str:
+    """Cells, energy evaluations and a rough wall time (energy cost only: a lower bound)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        speed = {t: energy_throughput(t) for t in grid.targets}
+    finally:
+        torch.set_num_threads(threads)
+    evals, seconds = 0, 0.0
+    for s in specs:
+        b = s.budget
+        cell_s = b["max_energy_evals"] / speed[s.target] if b.get("max_energy_evals") else None
+        if b.get("max_seconds"):
+            cell_s = min(cell_s or b["max_seconds"], b["max_seconds"])
+        seconds += cell_s or 0.0
+        evals += b.get("max_energy_evals") or 0
+    wall = seconds / max(1, workers)
+    lines = [f"[grid] cost estimate: {len(specs)} cells, up to {evals:.3g} energy evaluations",
+             "[grid] energy throughput here (1 thread): " + ", ".join(
+                 f"{t} {v:.3g}/s" for t, v in speed.items()),
+             f"[grid] rough wall time on {workers} worker(s): {wall / 3600:.3g} h "
+             f"({wall / 86400:.3g} days), energy cost only; networks add more"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(help_text())
+        return 0
+    try:
+        grid = cfgmod.parse(argv)
+        launcher = resolve_launcher(grid.config.launcher)
+        specs = build_specs(grid)
+    except cfgmod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = grid.config
+    workers = cfg.workers or max(1, (__import__("os").cpu_count() or 1) // cfg.threads)
+    print(f"[grid] {len(grid.targets)} target(s) x {len(grid.samplers)} sampler(s) x "
+          f"{len(grid.seeds)} seed(s) = {len(specs)} cells | profile {grid.profile_name} | "
+          f"launcher {launcher} | out {grid.out}", file=sys.stderr)
+    if cfg.profile is None:
+        print(estimate(grid, specs, workers), file=sys.stderr)
+        if sys.stdin.isatty() and not cfg.yes:
+            answer = input("[grid] no profile given: run the paper settings? "
+                           "(profile=smoke is the quick one) [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("[grid] stopped before dispatch; nothing was run", file=sys.stderr)
+                return 0
+    out = Path(grid.out)
+    counts: dict[str, int] = {}
+    todo = []
+    for spec in specs:
+        row = rows.read_row(spec.dir)
+        if row is not None and row["status"] in rows.FINISHED:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        else:
+            todo.append(spec)
+    if len(todo) < len(specs):
+        print(f"[grid] resuming: {len(specs) - len(todo)} finished cell(s) kept, "
+              f"{len(todo)} to run", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(specs), len(specs) - len(todo))
+    try:
+        dispatch(todo, cfg, launcher, out, progress, counts)
+    except KeyboardInterrupt:
+        print("\n[grid] interrupted; finished rows are kept, re-run the command to resume",
+              file=sys.stderr)
+        return 130
+    summary(specs)
+    if cfg.collect:
+        from .collect import collect
+        collect(out)
+    return 0
+
+
+def summary(specs: list[CellSpec]) -> dict[str, int]:
+    """Print the status counts of the grid's cells and the reasons of those that failed."""
+    counts: dict[str, int] = {}
+    bad = []
+    for spec in specs:
+        row = rows.read_row(spec.dir) or {"status": "error", "reason": "no row written"}
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if row["status"] not in ("ok",):
+            bad.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: {row['status']}: "
+                       f"{row.get('reason', '')}" + (f" (traceback {row['traceback']})"
+                                                      if row.get("traceback") else ""))
+    print("[grid] summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    for line in bad:
+        print(line, file=sys.stderr)
+    return counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())

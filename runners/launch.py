@@ -1,0 +1,202 @@
+"""Dispatching cells through submitit: debug (in-process), local subprocesses, SLURM job arrays.
+
+Cells are packed into batches (``slurm.cells_per_job`` on SLURM, one per job elsewhere); a batch
+is run by :class:`CellBatch`, a ``submitit.helpers.Checkpointable``: when SLURM (or the local
+controller) signals a timeout or preemption, ``checkpoint`` saves the running sampler's state if
+it has ``state_dict`` and resubmits the same batch; on restart, cells whose row is already
+finished are skipped and the interrupted one resumes from its checkpoint (or restarts cleanly).
+
+The grid process watches the jobs, prints progress, and writes the row of any cell whose job
+died without writing one (``timeout`` when the job hit its wall limit, ``error`` otherwise, with
+the job's log path).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import DelayedSubmission
+
+from . import rows
+from .cell import CellSpec, base_row, run_cell, save_checkpoint
+
+POLL_S = 0.5
+
+
+class CellBatch(submitit.helpers.Checkpointable):
+    """Runs a list of cells one after another; checkpointable for requeue."""
+
+    def __init__(self) -> None:
+        self._live: dict = {}
+
+    def __call__(self, specs: list[CellSpec]) -> list[dict]:
+        out = []
+        for spec in specs:
+            row = rows.read_row(spec.dir)
+            if row is not None and row["status"] in rows.FINISHED:
+                out.append(row)  # done before a requeue
+                continue
+            out.append(run_cell(spec, live=self._live))
+        return out
+
+    def checkpoint(self, specs: list[CellSpec]) -> DelayedSubmission:
+        try:
+            save_checkpoint(self._live)
+        except Exception as exc:  # noqa: BLE001 - a failed save must not block the requeue
+            print(f"[cell] checkpoint not saved: {exc}", file=sys.stderr)
+        return DelayedSubmission(CellBatch(), specs)
+
+    def __getstate__(self) -> dict:
+        return {"_live": {}}  # the live sampler is never pickled
+
+
+def resolve_launcher(name: str) -> str:
+    """``auto`` -> slurm where ``srun``/``sbatch`` are on the PATH, local elsewhere."""
+    if name != "auto":
+        return name
+    return "slurm" if shutil.which("srun") and shutil.which("sbatch") else "local"
+
+
+def make_executor(launcher: str, folder: Path, cfg) -> submitit.AutoExecutor:
+    if launcher == "slurm":
+        s = cfg.slurm
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                   slurm_max_num_timeout=s.max_num_timeout)
+        params = dict(timeout_min=int(s.timeout_min), mem_gb=s.mem_gb, cpus_per_task=s.cpus_per_task,
+                      gpus_per_node=s.gpus_per_node or None, name="boltzbench",
+                      slurm_array_parallelism=s.array_parallelism,
+                      slurm_signal_delay_s=s.signal_delay_s)
+        if s.partition:
+            params["slurm_partition"] = s.partition
+        if s.setup:
+            params["slurm_setup"] = list(s.setup)
+        ex.update_parameters(**params)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
+    if launcher == "local":
+        ex.update_parameters(timeout_min=max(1, int(round(cfg.timeout_min))), name="boltzbench")
+    return ex
+
+
+def batches(specs: list[CellSpec], size: int) -> list[list[CellSpec]]:
+    return [specs[i:i + size] for i in range(0, len(specs), size)]
+
+
+class Progress:
+    """One status line: cells done / failed / running, elapsed, estimated remaining."""
+
+    def __init__(self, total: int, already: int, stream=sys.stderr):
+        self.total, self.already, self.stream = total, already, stream
+        self.t0 = time.time()
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def show(self, counts: dict[str, int], running: int, final: bool = False) -> None:
+        done = sum(counts.values())
+        failed = counts.get("error", 0) + counts.get("timeout", 0) + counts.get("diverged", 0)
+        elapsed = time.time() - self.t0
+        new = done - self.already
+        eta = "?" if new <= 0 else _hms(elapsed / new * (self.total - done))
+        line = (f"[grid] {done}/{self.total} cells | ok {counts.get('ok', 0)} "
+                f"failed {failed} skipped {counts.get('skipped', 0)} | running {running} | "
+                f"elapsed {_hms(elapsed)} | eta {eta if done < self.total else '0:00'}")
+        key = line.split("| elapsed")[0]
+        if self.tty:
+            print("\r" + line.ljust(len(self.last)), end="\n" if final else "", file=self.stream,
+                  flush=True)
+        elif key != self.last.split("| elapsed")[0] or final:
+            print(line, file=self.stream, flush=True)
+        self.last = line
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Progress,
+             counts: dict[str, int]) -> list[dict]:
+    """Run ``specs``; returns their rows (written by the cells or, for dead jobs, here)."""
+    if not specs:
+        return []
+    folder = out / "logs"
+    executor = make_executor(launcher, folder, cfg)
+    size = cfg.slurm.cells_per_job if launcher == "slurm" else 1
+    queue = batches(specs, size)
+    window = {"debug": 1, "local": _workers(cfg), "slurm": len(queue)}[launcher]
+    pending: list = []  # (job, batch, submitted_at)
+    results: dict[str, dict] = {}
+
+    def submit_more():
+        n = min(window - len(pending), len(queue))
+        if n <= 0:
+            return
+        todo = [queue.pop(0) for _ in range(n)]
+        if launcher == "slurm":
+            jobs = executor.map_array(CellBatch(), todo)
+        else:
+            jobs = [executor.submit(CellBatch(), b) for b in todo]
+        now = time.time()
+        pending.extend((j, b, now) for j, b in zip(jobs, todo))
+
+    submit_more()
+    while pending:
+        still = []
+        for job, batch, t_sub in pending:
+            if launcher != "debug" and not job.done():
+                still.append((job, batch, t_sub))
+                continue
+            for row in _collect_job(job, batch, launcher, cfg, t_sub):
+                results[row["cell_key"]] = row
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+        pending[:] = still
+        submit_more()
+        progress.show(counts, _running(pending, launcher))
+        if pending:
+            time.sleep(POLL_S)
+    progress.show(counts, 0, final=True)
+    return [results[s.key] for s in specs if s.key in results]
+
+
+def _workers(cfg) -> int:
+    import os
+    if cfg.workers > 0:
+        return cfg.workers
+    return max(1, (os.cpu_count() or 1) // max(1, cfg.threads))
+
+
+def _running(pending: list, launcher: str) -> int:
+    if launcher != "slurm":
+        return len(pending)
+    return sum(1 for job, _, _ in pending if job.state in ("RUNNING", "COMPLETING"))
+
+
+def _collect_job(job, batch: list[CellSpec], launcher: str, cfg, t_sub: float) -> list[dict]:
+    try:
+        out = job.result()
+        return list(out)
+    except Exception as exc:  # noqa: BLE001 - the job died; its cells get rows from here
+        return [_dead_row(spec, job, exc, launcher, cfg, t_sub) for spec in batch]
+
+
+def _dead_row(spec: CellSpec, job, exc: Exception, launcher: str, cfg, t_sub: float) -> dict:
+    row = rows.read_row(spec.dir)
+    path = spec.dir / rows.ROW_FILE
+    if row is not None and path.stat().st_mtime >= t_sub - 1:
+        return row  # the cell wrote its row (this run) before the job died
+    text = str(exc)
+    limit_s = 60 * (cfg.slurm.timeout_min if launcher == "slurm" else cfg.timeout_min)
+    timed_out = "TIMEOUT" in text.upper() or "TIMED-OUT" in text.upper() or \
+        (time.time() - t_sub) >= 0.97 * limit_s
+    log = str(getattr(getattr(job, "paths", None), "stderr", ""))
+    row = base_row(spec)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    row.update(status="timeout" if timed_out else "error", job_id=str(job.job_id), log=log,
+               reason=(f"job hit its wall limit ({limit_s / 60:g} min)" if timed_out
+                       else f"job died: {first}") + f"; log: {log}",
+               finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    rows.write_json(spec.dir / rows.ROW_FILE, row)
+    return row

@@ -1,0 +1,106 @@
+"""Scoring a set of samples against a target's reference: the metric columns of a row.
+
+Shared by the grid cells (runners/cell.py) and by external samples (runners/evaluate.py), so both
+write the same columns. Protocol (documented in the README of runners):
+
+* ``n`` samples are compared with the first ``n`` points of the reference *test* split (the same
+  points for every sampler and seed, so differences between rows come from the samples only). If
+  the split is smaller than ``n``, all of it is used and ``n_reference`` says so.
+* Every metric in ``metrics.applicable(target, has_density)`` is computed; a metric that raises
+  becomes NaN with its error text in ``metric_errors`` (the cell does not fail).
+* Density metrics: ``nll``, ``log_z``, ``elbo``, ``ess`` through ``metrics.density.evaluate`` when
+  the sampler has ``log_prob``; ``log_z``, ``elbo``, ``ess`` from the sampler's own importance
+  weights when it exposes ``log_weights`` (PIS/DDS: exact path weights, no marginal density).
+* A target without a reference (LJ-55 before ``python -m targets.make_reference lj55``) gives NaN
+  reference metrics and ``reference_source = "missing"`` with the reason.
+* The target's evaluation counters are restored afterwards: metric energies never count as the
+  sampler's spending.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+import metrics
+from metrics import density
+from targets import ReferenceDataError
+
+DENSITY = tuple(density.DENSITY_METRICS)
+
+
+def load_reference(target, n: int) -> tuple[torch.Tensor | None, dict]:
+    """(first ``n`` test points or None, provenance columns)."""
+    try:
+        ref = target.reference("test")
+        info = dict(target.reference_info("test"))
+    except ReferenceDataError as exc:
+        return None, {"reference_source": "missing", "reference_reason": str(exc)}
+    info = {k: info.get(k, "") for k in ("reference_source", "reference_file", "reference_sha256")}
+    return ref[:n], info
+
+
+def _weights_metrics(log_w: torch.Tensor) -> dict[str, float]:
+    zeros = torch.zeros_like(log_w, dtype=torch.float64)
+    return {"log_z": density.log_z(log_w, zeros), "elbo": density.elbo(log_w, zeros),
+            "ess": density.ess(log_w, zeros)}
+
+
+def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
+          log_w: torch.Tensor | None = None, metric_options: dict | None = None
+          ) -> tuple[dict[str, float], dict[str, str], dict]:
+    """Metric values for ``samples [n, dim]``.
+
+    Returns ``(values, errors, reference_columns)``: ``values`` has one float per applicable
+    metric (NaN where undefined or failed), ``errors`` maps failed metric names to their error
+    text, ``reference_columns`` holds reference_source/file/sha256 and ``n_reference``.
+    """
+    opts = metric_options or {}
+    has_density = log_prob is not None or log_w is not None
+    ref, ref_cols = load_reference(target, samples.shape[0])
+    ref_cols["n_reference"] = 0 if ref is None else int(ref.shape[0])
+    names = metrics.applicable(target, has_density)
+    values: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    snapshot = target.counter.snapshot()
+    try:
+        for name in names:
+            if name in DENSITY:
+                continue
+            if ref is None:
+                values[name] = math.nan
+                continue
+            try:
+                values[name] = float(metrics.get(name)(samples, ref, target, **opts.get(name, {})))
+            except Exception as exc:  # noqa: BLE001 - recorded per metric, the cell goes on
+                values[name] = math.nan
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        if has_density:
+            values.update(_density_metrics(target, samples, ref, log_prob, log_w, errors))
+    finally:
+        target.counter.energy_evals = snapshot["energy_evals"]
+        target.counter.grad_evals = snapshot["grad_evals"]
+    return values, errors, ref_cols
+
+
+def _density_metrics(target, samples, ref, log_prob, log_w, errors) -> dict[str, float]:
+    out = {name: math.nan for name in DENSITY}
+    try:
+        if log_w is not None:
+            out.update(_weights_metrics(log_w))
+        elif ref is not None:
+            out.update(density.evaluate(target, log_prob, samples, ref))
+        else:  # no reference: everything but the NLL
+            x = samples.to(torch.float32)
+            if getattr(target, "n_particles", None):
+                x = target.remove_mean(x)
+            with torch.no_grad():
+                lq = log_prob(x)
+                lp = -target.energy(x)
+            lp = torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
+            out.update({"log_z": density.log_z(lp, lq), "elbo": density.elbo(lp, lq),
+                        "ess": density.ess(lp, lq)})
+    except Exception as exc:  # noqa: BLE001
+        errors["density"] = f"{type(exc).__name__}: {exc}"
+    return out
