@@ -88,10 +88,11 @@ def batches(specs: list[CellSpec], size: int) -> list[list[CellSpec]]:
 class Progress:
     """One status line: cells done / failed / running, elapsed, estimated remaining."""
 
-    def __init__(self, total: int, already: int, stream=sys.stderr):
-        self.total, self.already, self.stream = total, already, stream
+    def __init__(self, total: int, already: int, stream=None):
+        self.total, self.already = total, already
+        self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.time()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.last = ""
 
     def show(self, counts: dict[str, int], running: int, final: bool = False) -> None:
@@ -107,7 +108,7 @@ class Progress:
         if self.tty:
             print("\r" + line.ljust(len(self.last)), end="\n" if final else "", file=self.stream,
                   flush=True)
-        elif key != self.last.split("| elapsed")[0] or final:
+        elif key != self.last.split("| elapsed")[0]:
             print(line, file=self.stream, flush=True)
         self.last = line
 

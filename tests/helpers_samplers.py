@@ -7,13 +7,17 @@ in ``samplers=all``; grid subprocesses load them through ``BOLTZBENCH_PLUGINS=<t
 * ``t_diverge``: raises ``Diverged`` in fit (``where="fit"``) or returns NaN samples.
 * ``t_crash``: raises RuntimeError in fit (status ``error`` with a traceback).
 * ``t_ckpt``: like t_gauss but with ``state_dict``/``load_state_dict`` (steps done so far).
+
+Also the fixtures the grid/collect/evaluate tests share (``test_samplers``, ``tiny_profile``).
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -110,6 +114,52 @@ class TCkpt(TGauss):
         self.steps = state["steps"]
 
 
-for _cls in (TGauss, TDiverge, TCrash, TCkpt):
-    if _cls.name not in samplers.names():
-        samplers.register(_cls)
+# Loaded as a plugin by a grid subprocess ($BOLTZBENCH_PLUGINS): register now. Imported by a test
+# module for its fixtures: register only inside the `test_samplers` fixture, so that other
+# helpers' registry-driven tests never see these samplers.
+if "pytest" not in sys.modules:
+    for _cls in (TGauss, TDiverge, TCrash, TCkpt):
+        if _cls.name not in samplers.names():
+            samplers.register(_cls)
+
+
+# ------------------------------------------------------------------------- fixtures for the tests
+HELPERS = Path(__file__).resolve()
+TEST_SAMPLERS = ("t_gauss", "t_diverge", "t_crash", "t_ckpt")
+
+TINY = """
+seeds: 1
+n_eval: 64
+budget:
+  gmm40: {max_steps: 3, max_seconds: 20}
+  dw4: {max_steps: 3, max_seconds: 20}
+  lj13: {max_steps: 3, max_seconds: 20}
+  lj55: {max_steps: 3, max_seconds: 20}
+metric_options:
+  x_w2_aligned: {max_n: 16}
+samplers:
+  t_gauss:
+    all: {batch: 64}
+"""
+
+pytest = sys.modules.get("pytest")  # a grid subprocess loading this as a plugin needs no fixtures
+
+if pytest is not None:
+    @pytest.fixture
+    def test_samplers(monkeypatch):
+        """Registers the test-only samplers for one test (and for its subprocesses through
+        $BOLTZBENCH_PLUGINS), then removes them so other tests' registry loops never see them."""
+        monkeypatch.setenv("BOLTZBENCH_PLUGINS", str(HELPERS))
+        for cls in (TGauss, TDiverge, TCrash, TCkpt):
+            if cls.name not in samplers.names():
+                samplers.register(cls)
+        sys.modules.setdefault(HELPERS.stem, sys.modules[__name__])
+        yield
+        for name in TEST_SAMPLERS:
+            samplers._REGISTRY.pop(name, None)
+
+    @pytest.fixture
+    def tiny_profile(tmp_path) -> Path:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(TINY)
+        return path
