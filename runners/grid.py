@@ -13,6 +13,8 @@ run prints the estimate and proceeds.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -112,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = cfgmod.parse(argv)
         launcher = resolve_launcher(grid.config.launcher)
+        if launcher == "slurm" and not (shutil.which("srun") and shutil.which("sbatch")):
+            raise cfgmod.ConfigError("launcher: got 'slurm' but srun/sbatch are not on the PATH; "
+                                     "use launcher=local (or auto) on a machine without SLURM")
         specs = build_specs(grid)
     except cfgmod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = grid.config
-    workers = cfg.workers or max(1, (__import__("os").cpu_count() or 1) // cfg.threads)
+    workers = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.threads)
     print(f"[grid] {len(grid.targets)} target(s) x {len(grid.samplers)} sampler(s) x "
           f"{len(grid.seeds)} seed(s) = {len(specs)} cells | profile {grid.profile_name} | "
           f"launcher {launcher} | out {grid.out}", file=sys.stderr)

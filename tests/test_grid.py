@@ -276,3 +276,56 @@ def test_requeued_batch_skips_finished_cells(tmp_path, test_samplers):
     out = CellBatch()([a, b])
     assert out[0] == first and (a.dir / "row.json").stat().st_mtime_ns == mtime
     assert out[1]["status"] == "ok" and out[1]["seed"] == 1
+
+
+# ------------------------------------------------------------------------------ slurm submission
+def test_slurm_array_packs_cells_and_caps_parallelism(tmp_path, monkeypatch, test_samplers,
+                                                      tiny_profile):
+    """Without a cluster: fake sbatch/srun on the PATH record the job array submitit writes."""
+    from runners.grid import build_specs
+    from runners.launch import batches, make_executor
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text("#!/bin/sh\necho \"$@\" >> %s\necho 'Submitted batch job 4242'\n"
+                                   % (tmp_path / "sbatch.log"))
+    (bindir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    g = cfgmod.parse([f"profile={tiny_profile}", "launcher=slurm", "targets=gmm40,dw4",
+                      "samplers=t_gauss", "seeds=3", "slurm.cells_per_job=4",
+                      "slurm.array_parallelism=2", "slurm.partition=debug", "slurm.timeout_min=7",
+                      f"out={tmp_path / 'out'}"])
+    specs = build_specs(g)
+    packs = batches(specs, g.config.slurm.cells_per_job)
+    assert [len(p) for p in packs] == [4, 2]
+    ex = make_executor("slurm", tmp_path / "logs", g.config)
+    jobs = ex.map_array(CellBatch(), packs)
+    assert [j.job_id for j in jobs] == ["4242_0", "4242_1"]
+    script = next((tmp_path / "logs").glob("*.sh")).read_text()
+    for needle in ("#SBATCH --array=0-1%2", "#SBATCH --partition=debug", "#SBATCH --time=7",
+                   "#SBATCH --signal=USR2@90", "#SBATCH --cpus-per-task=1"):
+        assert needle in script, needle
+    submitted = [pickle.loads(p.read_bytes()) for p in (tmp_path / "logs").glob("*_submitted.pkl")]
+    assert sorted(len(d.args[0]) for d in submitted) == [2, 4]
+    assert all(isinstance(d.function, CellBatch) for d in submitted)
+
+
+def test_slurm_launcher_without_slurm_exits_2(tmp_path, capsys, monkeypatch, tiny_profile):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    code, err = run_grid([f"out={tmp_path / 'o'}", "launcher=slurm", f"profile={tiny_profile}"],
+                         capsys)
+    assert code == 2 and "srun/sbatch are not on the PATH" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unprofiled_run_prints_estimate_and_asks_on_a_terminal(tmp_path, capsys, monkeypatch,
+                                                               test_samplers):
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    code, err = run_grid([f"out={tmp_path / 'o'}", "launcher=debug", "targets=gmm40",
+                          "samplers=t_gauss", "seeds=2"], capsys)
+    assert code == 0
+    assert "cost estimate: 2 cells, up to 5.12e+10 energy evaluations" in err
+    assert "energy throughput here" in err and "stopped before dispatch" in err
+    assert not (tmp_path / "o").exists()
