@@ -2,7 +2,8 @@
 
 * ``energy_<target>.png``: energy histograms of every sampler's samples (all ok seeds pooled)
   over the reference, on bins spanning the reference's 0.5-99.5 % energy range; the legend gives
-  the share of each sampler's samples outside that range.
+  the share of each sampler's samples outside that range; a side panel shows every set's full
+  range (box plots, symlog axis), since early or failing samplers often lie far outside.
 * ``distances_<target>.png``: the same for interatomic distances (particle targets).
 * ``gmm40_samples.png``: GMM-40 samples (first ok seed) over contours of the exact log-density.
 * ``metric_<name>.png``: each metric against the energy evaluations the cell spent (log axis),
@@ -85,19 +86,37 @@ def _density(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict, path: Path):
+    """Left: densities on the reference's bins. Right: the full range of every set (box plots on a
+    symlog axis), so samplers far outside the reference range are still visible."""
     pool = ref if ref is not None else np.concatenate(list(by_sampler.values()))
     edges = reference_bins(pool)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [2, 1]})
     if ref is not None:
         ax.stairs(_density(ref, edges), edges, fill=True, color="0.8", label="reference")
-    colors = sns.color_palette("tab10", max(1, len(by_sampler)))
-    for c, (name, v) in zip(colors, sorted(by_sampler.items())):
-        v = v[np.isfinite(v)]
+    else:
+        title += " (no reference: bins from the samples)"
+    names = sorted(by_sampler)
+    colors = dict(zip(names, sns.color_palette("tab10", max(1, len(names)))))
+    for name in names:
+        v = by_sampler[name][np.isfinite(by_sampler[name])]
         out_pct = 100 * float(np.mean((v < edges[0]) | (v > edges[-1]))) if len(v) else 100.0
-        ax.stairs(_density(v, edges), edges, lw=1.6, color=c,
+        ax.stairs(_density(v, edges), edges, lw=1.6, color=colors[name],
                   label=f"{name} ({out_pct:.1f}% outside)")
     ax.set(title=title, xlabel=xlabel, ylabel="density")
     ax.legend(fontsize=8, frameon=False)
+    sets = ([("reference", ref)] if ref is not None else []) + [(n, by_sampler[n]) for n in names]
+    sets = [(n, v[np.isfinite(v)]) for n, v in sets]
+    sets = [(n, v) for n, v in sets if len(v)]
+    if sets:
+        bx.boxplot([v for _, v in sets], vert=False, whis=(1, 99), showfliers=False,
+                   patch_artist=True, boxprops={"facecolor": "0.9"})
+        bx.set_yticks(range(1, len(sets) + 1), [n for n, _ in sets], fontsize=8)
+        spread = np.subtract(*np.quantile(pool[np.isfinite(pool)], [0.75, 0.25]))
+        scale = max(abs(float(np.median(pool))), float(spread), 1e-3)
+        bx.set_xscale("symlog", linthresh=10 ** np.ceil(np.log10(scale)))  # ticks a decade apart
+        bx.axvspan(edges[0], edges[-1], color="0.85", zorder=0)
+        bx.invert_yaxis()
+    bx.set(title="full range (1-99 %), symlog", xlabel=xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -156,8 +175,9 @@ def gmm_samples(out: Path, df: pd.DataFrame, fig_dir: Path, lim: float = 50.0) -
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
     for ax, (name, x) in zip(axes.flat, panels):
-        ax.contour(xx, yy, np.maximum(lp, lp.max() - 30), levels=15, cmap="Greys", linewidths=0.6)
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="tab:red")
+        ax.contourf(xx, yy, lp, levels=np.linspace(lp.max() - 16, lp.max(), 9), cmap="Blues",
+                    extend="neither", alpha=0.7)
+        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6, color="tab:red", linewidths=0)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=name, aspect="equal")
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
