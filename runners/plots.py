@@ -33,6 +33,10 @@ from . import rows as rowsmod  # noqa: E402
 from .tables import metric_columns  # noqa: E402
 
 N_BINS = 60
+# Matplotlib 3.10 replaced boxplot(vert=False) by orientation="horizontal".
+_HORIZONTAL = ({"orientation": "horizontal"}
+               if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+               else {"vert": False})
 
 
 def _samples(out: Path, row: pd.Series) -> np.ndarray | None:
@@ -108,7 +112,7 @@ def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: di
     sets = [(n, v[np.isfinite(v)]) for n, v in sets]
     sets = [(n, v) for n, v in sets if len(v)]
     if sets:
-        bx.boxplot([v for _, v in sets], vert=False, whis=(1, 99), showfliers=False,
+        bx.boxplot([v for _, v in sets], **_HORIZONTAL, whis=(1, 99), showfliers=False,
                    patch_artist=True, boxprops={"facecolor": "0.9"})
         bx.set_yticks(range(1, len(sets) + 1), [n for n, _ in sets], fontsize=8)
         spread = np.subtract(*np.quantile(pool[np.isfinite(pool)], [0.75, 0.25]))
