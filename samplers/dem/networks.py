@@ -1,0 +1,158 @@
+"""Score networks s_theta(t, x) of the iDEM paper, as its official code builds them (§4.8).
+
+* :class:`ScoreMLP` (GMM-40; official ``MyMLP``): sinusoidal embeddings (size 128) of t (scale 1)
+  and of every input coordinate (scale 25), concatenated -> Linear -> GELU -> residual blocks
+  x + GELU(Linear(x)) -> Linear to ``dim``.
+* :class:`EGNN` (particle targets; official ``EGNN_dynamics`` with attention, tanh, recurrent,
+  sum aggregation; Satorras et al. 2021): fully connected graph, node features h = t on every node,
+  fixed edge attribute = squared distance at the input coordinates. Each layer
+
+      m_ij = a_ij * phi_e(h_i, h_j, |x_i - x_j|^2, a0_ij),   a_ij = sigmoid(Linear(m~_ij))
+      x_i <- x_i + sum_{j != i} (x_i - x_j) / (|x_i - x_j| + 1) * tanh(phi_x(m_ij)) * 15 / L
+      h_i <- h_i + phi_h(h_i, sum_{j != i} m_ij)
+
+  and the output is x_final - x with the particle mean removed (equivariant to rotations,
+  reflections and permutations; translation-invariant; mean-free).
+
+Our EGNN is dense: edge tensors are ``[B, N, N, H]`` and sums run over an axis, with no edge lists
+or scatter. The first edge Linear(2H+2, H) is split into a source part, a target part and two
+rank-one terms, so the [B, N, N, 2H+2] concatenation is never built. Self-pairs i = j are in the
+dense tensors but contribute nothing: their coordinate term has x_i - x_j = 0 and their message
+is subtracted from the node sum, so the function equals the official one on the graph without
+self-loops. The official final node Linear (``embedding_out``), whose output is discarded, is
+left out.
+
+Parameters are initialised from an explicit generator (:func:`init_parameters`) like PyTorch's
+default (U(+-1/sqrt(fan_in)) for weights and biases); the last coordinate layer uses Xavier-uniform
+with gain 0.001 as in the official code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """``x [...]`` -> ``[..., 2 * len(freqs)]``: [sin(x f), cos(x f)] (official SinusoidalEmbedding)."""
+    arg = x.unsqueeze(-1) * freqs
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class ScoreMLP(nn.Module):
+    """Official ``MyMLP``: ``(t [B], x [B, dim]) -> [B, dim]``."""
+
+    def __init__(self, dim: int, hidden: int = 128, n_blocks: int = 3, emb_size: int = 128,
+                 input_scale: float = 25.0):
+        super().__init__()
+        half = emb_size // 2
+        freqs = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float32))
+        self.register_buffer("freqs", freqs)
+        self.input_scale = float(input_scale)
+        self.dim = dim
+        self.inp = nn.Linear((dim + 1) * 2 * half, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(n_blocks))
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        ex = sinusoidal(x * self.input_scale, self.freqs).reshape(B, -1)  # coordinate-major
+        et = sinusoidal(t.reshape(B), self.freqs)
+        h = F.gelu(self.inp(torch.cat([ex, et], dim=-1)))
+        for blk in self.blocks:
+            h = h + F.gelu(blk(h))
+        return self.out(h)
+
+
+class EGNNLayer(nn.Module):
+    """One E(n)-equivariant layer on dense ``h [B, N, H]``, ``x [B, N, D]``, ``a0 [B, N, N, 1]``."""
+
+    def __init__(self, hidden: int, coords_range: float):
+        super().__init__()
+        H = hidden
+        self.hidden = H
+        self.edge1 = nn.Linear(2 * H + 2, H)  # [h_i, h_j, |x_i-x_j|^2, a0_ij] as officially
+        self.edge2 = nn.Linear(H, H)
+        self.att = nn.Linear(H, 1)
+        self.node1 = nn.Linear(2 * H, H)
+        self.node2 = nn.Linear(H, H)
+        self.coord1 = nn.Linear(H, H)
+        self.coord2 = nn.Linear(H, 1, bias=False)
+        self.coord2.xavier_gain = 0.001  # read by init_parameters
+        self.coords_range = float(coords_range)
+
+    def forward(self, h, x, a0):
+        H = self.hidden
+        diff = x.unsqueeze(2) - x.unsqueeze(1)                  # [B, N, N, D]: x_i - x_j
+        radial = diff.pow(2).sum(-1, keepdim=True)               # [B, N, N, 1]
+        W = self.edge1.weight
+        src = F.linear(h, W[:, :H], self.edge1.bias)             # [B, N, H]
+        dst = F.linear(h, W[:, H:2 * H])
+        pre = (src.unsqueeze(2) + dst.unsqueeze(1)).addcmul_(radial, W[:, 2 * H]).addcmul_(a0, W[:, 2 * H + 1])
+        m = F.silu(self.edge2(F.silu(pre)))
+        m = m * torch.sigmoid(self.att(m))                       # attention gate
+        phi = torch.tanh(self.coord2(F.silu(self.coord1(m))))    # [B, N, N, 1]
+        unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
+        x = x + (unit * phi).sum(2) * self.coords_range
+        agg = m.sum(2) - torch.diagonal(m, dim1=1, dim2=2).transpose(1, 2)  # drop self-pairs
+        h = h + self.node2(F.silu(self.node1(torch.cat([h, agg], dim=-1))))
+        return h, x
+
+
+class EGNN(nn.Module):
+    """Official ``EGNN_dynamics``: ``(t [B], x [B, N*D]) -> [B, N*D]`` mean-free."""
+
+    def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, n_layers: int = 3,
+                 coords_range: float = 15.0):
+        super().__init__()
+        self.n_particles, self.spatial_dim, self.hidden = n_particles, spatial_dim, hidden
+        self.embedding = nn.Linear(1, hidden)
+        self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / n_layers)
+                                    for _ in range(n_layers))
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        x0 = x.reshape(B, self.n_particles, self.spatial_dim)
+        h = self.embedding(t.reshape(B, 1, 1).to(x.dtype)).expand(B, self.n_particles, self.hidden)
+        a0 = (x0.unsqueeze(2) - x0.unsqueeze(1)).pow(2).sum(-1, keepdim=True)
+        y = x0
+        for layer in self.layers:
+            h, y = layer(h, y, a0)
+        v = y - x0
+        return (v - v.mean(1, keepdim=True)).reshape(B, -1)
+
+
+@torch.no_grad()
+def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch-default init of every Linear from ``generator`` (Xavier where flagged)."""
+    for m in module.modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        gain = getattr(m, "xavier_gain", None)
+        if gain is not None:
+            bound = gain * math.sqrt(6.0 / (m.in_features + m.out_features))
+        else:
+            bound = 1.0 / math.sqrt(m.in_features)
+        m.weight.uniform_(-bound, bound, generator=generator)
+        if m.bias is not None:
+            b = 1.0 / math.sqrt(m.in_features)
+            m.bias.uniform_(-b, b, generator=generator)
+    return module
+
+
+def build_network(kind: str, dim: int, particles: tuple[int, int] | None, hidden: int,
+                  n_layers: int, generator: torch.Generator) -> nn.Module:
+    """``kind`` "mlp" (``n_layers`` residual blocks) or "egnn" (``n_layers`` message-passing
+    layers; needs ``particles = (n_particles, spatial_dim)``), initialised from ``generator``."""
+    if kind == "mlp":
+        net = ScoreMLP(dim, hidden=hidden, n_blocks=n_layers)
+    elif kind == "egnn":
+        if particles is None:
+            raise ValueError("build_network: network 'egnn' needs a particle target "
+                             "(n_particles and spatial_dim); use network 'mlp'")
+        net = EGNN(particles[0], particles[1], hidden=hidden, n_layers=n_layers)
+    else:
+        raise ValueError(f"build_network: network must be one of ('mlp', 'egnn'), got {kind!r}")
+    return init_parameters(net, generator)
