@@ -106,6 +106,20 @@ def test_clip_norm_per_particle_and_per_vector():
     estimate = mc_score(torch.full((3, 2), 50.0), torch.zeros(3), gauss_energy_and_grad, 4,
                         torch.Generator().manual_seed(0), clip=70.0)
     assert torch.linalg.vector_norm(estimate, dim=-1).max() <= 70.0 + 1e-3
+    # float32 overflow: the direction survives (the official float32 norm would zero it)
+    huge = torch.tensor([[3e19, 4e19], [float("inf"), 0.0]])
+    assert torch.allclose(clip_norm(huge, 20.0), torch.tensor([[12.0, 16.0], [20.0, 0.0]]))
+    assert clip_norm(torch.tensor([[float("nan"), 1.0]]), 20.0).isnan().any()
+
+
+def test_weight_zero_points_with_infinite_gradient_do_not_poison_the_estimate():
+    def eg(y):  # copy k=1 of every sample: energy 1e30 (weight exactly 0) and an inf gradient
+        k1 = (torch.arange(y.shape[0]) % 2 == 1)[:, None]
+        e = torch.where(k1[:, 0], 1e30, 0.0)
+        return e, torch.where(k1, float("inf"), torch.ones_like(y))
+
+    s = mc_score(torch.zeros(3, 2), torch.ones(3), eg, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(s, -torch.ones(3, 2))
 
 
 # ------------------------------------------------------------------ networks

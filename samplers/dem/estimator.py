@@ -14,6 +14,15 @@ energies are translation-invariant, so their gradients are mean-free anyway).
 :func:`clip_norm` is the official ``Clipper.clip_scores``: s <- s * min(1, c / (||s|| + 1e-6)),
 with the norm over groups of ``group`` coordinates (per particle for particle targets, the whole
 vector otherwise). In training it is applied to the regression target only.
+
+Float32 overflow, where we deliberately differ from the official code: LJ gradients overflow to inf
+when two particles come within ~1.5e-3 of each other (rare perturbed points at large h). Such a
+point has weight exactly 0, and 0 * inf = NaN would poison the whole target (the official
+autograd does this); we let weight-0 points contribute 0. And the official norm, computed in
+float32, is inf once a component exceeds ~1.8e19, which sets the clip coefficient to 0 (the
+target, or LJ-55's negative-time step, silently vanishes); we compute the norm in float64 and
+map +-inf components to +-float32 max first, so the clipped vector keeps its direction.
+NaN stays NaN, so a broken energy still ends as `Diverged`.
 """
 from __future__ import annotations
 
@@ -35,9 +44,11 @@ def clip_norm(s: torch.Tensor, max_norm: float | None, group: int | None = None)
     group = dim if group is None else group
     if dim % group:
         raise ValueError(f"clip_norm: last axis {dim} is not a multiple of group={group}")
-    sg = s.reshape(*s.shape[:-1], dim // group, group)
-    norm = torch.linalg.vector_norm(sg, dim=-1, keepdim=True)
-    coef = (max_norm / (norm + _EPS)).clamp_(max=1.0)
+    big = torch.finfo(s.dtype).max
+    sg = torch.nan_to_num(s, nan=float("nan"), posinf=big, neginf=-big)
+    sg = sg.reshape(*s.shape[:-1], dim // group, group)
+    norm = torch.linalg.vector_norm(sg, dim=-1, keepdim=True, dtype=torch.float64)
+    coef = (max_norm / (norm + _EPS)).clamp_(max=1.0).to(s.dtype)
     return (sg * coef).reshape(s.shape)
 
 
@@ -72,4 +83,7 @@ def mc_score(x_t: torch.Tensor, h_t: torch.Tensor, energy_and_grad: EnergyAndGra
         # log p~ = -E: softmax weights over the K copies, then the weighted mean of -grad E.
         w = torch.softmax(-energy.view(B, K), dim=1)
         score = torch.bmm(w.unsqueeze(1), grad.view(B, K, dim)).squeeze(1).neg_()
+        if not torch.isfinite(score).all():  # rare: inf gradients at weight-0 points (0 * inf)
+            grad = torch.where((w == 0).view(B * K, 1), 0.0, grad)
+            score = torch.bmm(w.unsqueeze(1), grad.view(B, K, dim)).squeeze(1).neg_()
         return clip_norm(score, clip, group)
