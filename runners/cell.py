@@ -29,8 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import submitit
 import torch
 from omegaconf import OmegaConf
+from submitit.core.utils import UncompletedJobError
 
 import metrics
 import samplers
@@ -98,6 +100,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def job_info() -> dict:
+    """submitit job id and log path when running inside a submitit job (empty otherwise)."""
+    try:
+        env = submitit.JobEnvironment()
+        return {"job_id": str(env.job_id), "log": str(env.paths.stderr)}
+    except Exception:  # noqa: BLE001 - not in a job (direct call, evaluate)
+        return {}
+
+
 def base_row(spec: CellSpec) -> dict:
     """Identity and provenance columns, before anything runs."""
     return {"target": spec.target, "target_fingerprint": spec.target_fingerprint,
@@ -109,7 +120,7 @@ def base_row(spec: CellSpec) -> dict:
             "code_version": rows.code_version(), **rows.library_versions(),
             "metric_spec_version": metrics.SPEC_VERSION, "reference_source": "",
             "config": json.dumps(rows.jsonable(spec.resolved()), sort_keys=True),
-            "host": socket.gethostname(), "started_at": _now()}
+            "host": socket.gethostname(), "started_at": _now(), **job_info()}
 
 
 def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
@@ -127,22 +138,37 @@ def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
         row.update(status="diverged", reason=str(exc))
     except NotImplementedError as exc:
         row.update(status="skipped", reason=f"not supported: {exc}")
+    except UncompletedJobError as exc:
+        # Raised by submitit's signal handler inside fit when the job timed out and may not be
+        # requeued again: record the cell as timeout, then let the job end.
+        row.update(status="timeout", reason=f"{exc} (wall limit reached in this cell); "
+                                            f"log: {row.get('log', '?')}")
+        _finish(spec, row, threads, live)
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure is data, never a crash of the grid
         tb = spec.dir / "traceback.txt"
         rows.write_text(tb, traceback.format_exc())
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}", traceback=str(tb))
-    finally:
+    except BaseException:
+        # SystemExit of a requeue (submitit) or KeyboardInterrupt: no row; the cell reruns.
         torch.set_num_threads(threads)
-        target = row.pop("_target", None)
-        if target is not None and row["status"] != "ok":  # spending up to the failure
-            row.update(energy_evals=target.counter.energy_evals, grad_evals=target.counter.grad_evals)
         live.clear()
+        raise
+    _finish(spec, row, threads, live)
+    return row
+
+
+def _finish(spec: CellSpec, row: dict, threads: int, live: dict) -> None:
+    torch.set_num_threads(threads)
+    live.clear()
+    target = row.pop("_target", None)
+    if target is not None and row["status"] != "ok":  # the spending up to the failure
+        row.update(energy_evals=target.counter.energy_evals, grad_evals=target.counter.grad_evals)
     row["peak_memory_mb"] = rows.peak_memory_mb()
     row["finished_at"] = _now()
     rows.write_json(spec.dir / rows.ROW_FILE, row)
     if row["status"] in rows.FINISHED:
         (spec.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return row
 
 
 def _run(spec: CellSpec, row: dict, live: dict) -> None:

@@ -170,8 +170,10 @@ def summary(specs: list[CellSpec]) -> dict[str, int]:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         if row["status"] not in ("ok",):
             bad.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: {row['status']}: "
-                       f"{row.get('reason', '')}" + (f" (traceback {row['traceback']})"
-                                                      if row.get("traceback") else ""))
+                       f"{row.get('reason', '')}"
+                       + (f" (traceback {row['traceback']})" if row.get("traceback") else "")
+                       + (f" (log {row['log']})" if row.get("log") and row["status"] == "error"
+                          else ""))
     print("[grid] summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           file=sys.stderr)
     for line in bad:

@@ -60,7 +60,7 @@ def resolve_launcher(name: str) -> str:
     return "slurm" if shutil.which("srun") and shutil.which("sbatch") else "local"
 
 
-def make_executor(launcher: str, folder: Path, cfg) -> submitit.AutoExecutor:
+def make_executor(launcher: str, folder: Path, cfg) -> submitit.Executor:
     if launcher == "slurm":
         s = cfg.slurm
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
@@ -75,9 +75,14 @@ def make_executor(launcher: str, folder: Path, cfg) -> submitit.AutoExecutor:
             params["slurm_setup"] = list(s.setup)
         ex.update_parameters(**params)
         return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
     if launcher == "local":
-        ex.update_parameters(timeout_min=max(1, int(round(cfg.timeout_min))), name="boltzbench")
+        # A local wall limit stops a runaway cell: no requeue (max_num_timeout=0), the cell is
+        # recorded as timeout. LocalExecutor itself takes fractional minutes and the signal delay.
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
+        ex.update_parameters(timeout_min=float(cfg.timeout_min),
+                             signal_delay_s=int(min(30, 6 * cfg.timeout_min)))
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
     return ex
 
 

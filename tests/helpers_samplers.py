@@ -108,10 +108,13 @@ class TCkpt(TGauss):
     pretty_name = "TestCkpt"
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps}
+        return {"steps": self.steps, "target": self.target.name}
 
     def load_state_dict(self, state: dict) -> None:
+        # Ready to sample after loading, even if no budget remains for fit.
+        import targets
         self.steps = state["steps"]
+        self.target = targets.get(state["target"])
 
 
 # Loaded as a plugin by a grid subprocess ($BOLTZBENCH_PLUGINS): register now. Imported by a test

@@ -228,11 +228,28 @@ def test_whole_grid_through_local_subprocesses(tmp_path, capsys, test_samplers, 
     got = load_rows(out)
     assert got[("gmm40", "t_gauss", 0)]["status"] == "ok"
     assert got[("gmm40", "t_gauss", 0)]["energy_evals"] == 192
-    assert got[("gmm40", "t_crash", 0)]["status"] == "error"
+    crash = got[("gmm40", "t_crash", 0)]
+    assert crash["status"] == "error" and Path(crash["log"]).is_file()  # the job's own log
+    assert crash["log"].endswith("_log.err") and f"(log {crash['log']})" in err
     assert got[("gmm40", "t_gauss", 0)]["host"]
     assert any((out / "logs").glob("*_log.out"))  # real submitit subprocess logs
     assert (out / "results.csv").read_text().count("\n") == 3
     assert "[grid] 2/2 cells" in err
+
+
+@pytest.mark.slow
+def test_local_cell_past_its_wall_limit_is_timeout(tmp_path, capsys, test_samplers, tiny_profile):
+    out = tmp_path / "out"
+    code, err = run_grid([f"out={out}", "launcher=local", "workers=2", f"profile={tiny_profile}",
+                          "targets=gmm40", "samplers=t_gauss,t_ckpt", "timeout_min=0.75",
+                          "t_ckpt.sleep_s=60", "collect=false"], capsys)
+    assert code == 0, err
+    got = load_rows(out)
+    assert got[("gmm40", "t_gauss", 0)]["status"] == "ok"
+    slow = got[("gmm40", "t_ckpt", 0)]  # 3 steps x 60 s > the 45 s wall limit: killed
+    assert slow["status"] == "timeout" and "wall limit" in slow["reason"]
+    assert Path(slow["log"]).name.endswith("_log.err") and slow["log"] in slow["reason"]
+    assert "timeout 1" in err
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -251,7 +268,7 @@ def test_checkpoint_saves_live_state_and_resubmits_the_same_batch(tmp_path, test
     spec = _spec(tmp_path)
     batch = CellBatch()
     sampler, target = samplers.get("t_ckpt")(), targets.get("gmm40")
-    sampler.steps = 3
+    sampler.steps, sampler.target = 3, target
     target.counter.energy_evals = target.counter.grad_evals = 30
     batch._live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
                        prior_seconds=1.0)
