@@ -199,8 +199,9 @@ class IDEM:
         seconds = time.perf_counter() - t0
         return {"steps": self.steps, "outer_iterations": self.outer, "init": self.init_mode,
                 "init_energy_evals": init_evals,
-                "final_loss": self.history[-1] if self.history else float("nan"),
-                "first_loss": self.history[0] if self.history else float("nan"),
+                # None (not NaN) when the budget ended before the first step: nothing diverged
+                "final_loss": self.history[-1] if self.history else None,
+                "first_loss": self.history[0] if self.history else None,
                 "loss_history": self.history[-50:], "fit_seconds": seconds,
                 "config": dataclasses.asdict(self.rc)}
 

@@ -202,3 +202,15 @@ def test_schedule_prior_matches_sigma_max_in_original_units():
     assert isinstance(s.schedule, GeometricSchedule)
     x = s.space.to_original(s.space.prior(4000, s.schedule.prior_std, torch.Generator(), "cpu"))
     assert x.std().item() == pytest.approx(50.0, rel=0.05)   # sigma_max 1 in units of 50
+
+
+def test_paper_profile_states_the_paper_defaults():
+    from omegaconf import OmegaConf
+    from pathlib import Path
+    prof = OmegaConf.to_container(OmegaConf.load(
+        Path(__file__).resolve().parents[1] / "runners" / "profiles" / "paper.yaml"))
+    from samplers.dem import PAPER_DEFAULTS
+    for sampler in ("idem", "pdem"):
+        for tname, values in prof["samplers"][sampler].items():
+            for key, v in values.items():
+                assert PAPER_DEFAULTS[tname][key] == v, (sampler, tname, key)

@@ -28,17 +28,19 @@ from typing import Optional
 
 _GMM = dict(sigma_min=1e-5, sigma_max=1.0, n_mc=500, batch_size=512, n_generate=1000,
             diffusion_scale=1.0, n_negative_steps=0, score_clip=70.0, lambda_weighting="h",
-            lr=5e-4, gmm_init="estimator", network="mlp", hidden=128, n_layers=3, coord_scale=50.0)
+            lr=5e-4, gmm_init="estimator", network="mlp", hidden=128, n_layers=3, coord_scale=50.0,
+            sample_batch=1000)
 _PARTICLE = dict(sigma_min=0.01, sigma_max=2.0, n_mc=1000, batch_size=512, n_generate=1000,
                  diffusion_scale=0.9, n_negative_steps=0, score_clip=20.0, lambda_weighting="none",
-                 lr=1e-3, gmm_init="prior", network="egnn", hidden=128, n_layers=5, coord_scale=1.0)
+                 lr=1e-3, gmm_init="prior", network="egnn", hidden=128, n_layers=5, coord_scale=1.0,
+                 sample_batch=1000)
 
 PAPER_DEFAULTS: dict[str, dict] = {
     "gmm40": _GMM,
     "dw4": {**_PARTICLE, "sigma_min": 1e-5, "sigma_max": 3.0, "diffusion_scale": 1.0, "n_layers": 3},
     "lj13": dict(_PARTICLE),
     "lj55": {**_PARTICLE, "sigma_min": 0.5, "sigma_max": 4.0, "n_mc": 100, "batch_size": 128,
-             "n_generate": 128, "diffusion_scale": 0.5, "n_negative_steps": 10},
+             "n_generate": 128, "diffusion_scale": 0.5, "n_negative_steps": 10, "sample_batch": 128},
     # Family defaults for targets that are not in the paper.
     "_flat": {**_GMM, "gmm_init": "prior", "coord_scale": 1.0},
     "_particles": {**_PARTICLE, "diffusion_scale": 1.0},
@@ -77,7 +79,8 @@ class DEMConfig:
     coord_scale: Optional[float] = None      # original = coord_scale * training coordinates
     max_outer: Optional[int] = None          # cap on outer iterations; None: until the budget
     estimator_chunk: Optional[int] = None    # points per energy call; None: all B*K at once
-    sample_batch: int = 1000                 # samples per reverse-SDE batch in sample()
+    sample_batch: Optional[int] = None       # samples per reverse-SDE batch (memory only);
+    #                                          official eval batches: 1000, LJ-55 128
     compile: bool = False                    # torch.compile the network
     device: str = "cpu"
 

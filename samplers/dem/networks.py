@@ -14,13 +14,12 @@
   and the output is x_final - x with the particle mean removed (equivariant to rotations,
   reflections and permutations; translation-invariant; mean-free).
 
-Our EGNN is dense: edge tensors are ``[B, N, N, H]`` and sums run over an axis, with no edge lists
-or scatter. The first edge Linear(2H+2, H) is split into a source part, a target part and two
-rank-one terms, so the [B, N, N, 2H+2] concatenation is never built. Self-pairs i = j are in the
-dense tensors but contribute nothing: their coordinate term has x_i - x_j = 0 and their message
-is subtracted from the node sum, so the function equals the official one on the graph without
-self-loops. The official final node Linear (``embedding_out``), whose output is discarded, is
-left out.
+Our EGNN is dense: edge tensors are ``[B, N, N-1, H]`` (receiving node i, then its N-1
+neighbours j != i, see :func:`neighbour_index`), so node sums are sums over an axis, with no edge
+lists or scatter; the only gather is of the small ``[B, N, H]`` node projection. The first edge
+Linear(2H+2, H) is split into a source part, a target part and two rank-one terms, so the
+[B, N, N-1, 2H+2] concatenation is never built. The official final node Linear
+(``embedding_out``), whose output is discarded, is left out.
 
 Parameters are initialised from an explicit generator (:func:`init_parameters`) like PyTorch's
 default (U(+-1/sqrt(fan_in)) for weights and biases); the last coordinate layer uses Xavier-uniform
@@ -66,8 +65,17 @@ class ScoreMLP(nn.Module):
         return self.out(h)
 
 
+def neighbour_index(n: int) -> torch.Tensor:
+    """``[n, n-1]`` long: row i lists every j != i in increasing order (the ordered pairs i != j,
+    receiving node i first), so per-node sums over edges are sums over the last-but-one axis."""
+    j = torch.arange(n - 1)
+    i = torch.arange(n)[:, None]
+    return j + (j >= i).long()
+
+
 class EGNNLayer(nn.Module):
-    """One E(n)-equivariant layer on dense ``h [B, N, H]``, ``x [B, N, D]``, ``a0 [B, N, N, 1]``."""
+    """One E(n)-equivariant layer on ``h [B, N, H]``, ``x [B, N, D]``, ``a0 [B, N, N-1, 1]``;
+    ``nbr`` from :func:`neighbour_index`. Edge tensors are ``[B, N, N-1, .]``."""
 
     def __init__(self, hidden: int, coords_range: float):
         super().__init__()
@@ -83,21 +91,25 @@ class EGNNLayer(nn.Module):
         self.coord2.xavier_gain = 0.001  # read by init_parameters
         self.coords_range = float(coords_range)
 
-    def forward(self, h, x, a0):
+    def forward(self, h, x, a0, nbr):
         H = self.hidden
-        diff = x.unsqueeze(2) - x.unsqueeze(1)                  # [B, N, N, D]: x_i - x_j
-        radial = diff.pow(2).sum(-1, keepdim=True)               # [B, N, N, 1]
+        diff = x.unsqueeze(2) - x[:, nbr]                        # [B, N, N-1, D]: x_i - x_j
+        radial = diff.pow(2).sum(-1, keepdim=True)               # [B, N, N-1, 1]
         W = self.edge1.weight
         src = F.linear(h, W[:, :H], self.edge1.bias)             # [B, N, H]
         dst = F.linear(h, W[:, H:2 * H])
-        pre = (src.unsqueeze(2) + dst.unsqueeze(1)).addcmul_(radial, W[:, 2 * H]).addcmul_(a0, W[:, 2 * H + 1])
-        m = F.silu(self.edge2(F.silu(pre)))
-        m = m * torch.sigmoid(self.att(m))                       # attention gate
-        phi = torch.tanh(self.coord2(F.silu(self.coord1(m))))    # [B, N, N, 1]
+        pre = dst[:, nbr]                                        # [B, N, N-1, H] (fresh tensor)
+        pre.add_(src.unsqueeze(2)).addcmul_(radial, W[:, 2 * H]).addcmul_(a0, W[:, 2 * H + 1])
+        # Without autograd (sampling) activations run in place: fewer [B, N, N-1, H] allocations,
+        # whose page faults cost as much as the arithmetic on CPU.
+        inplace = not torch.is_grad_enabled()
+        m = F.silu(self.edge2(F.silu(pre, inplace=inplace)), inplace=inplace)
+        gate = torch.sigmoid(self.att(m))                        # attention gate [B, N, N-1, 1]
+        m = m.mul_(gate) if inplace else m * gate
+        phi = torch.tanh(self.coord2(F.silu(self.coord1(m), inplace=inplace)))  # [B, N, N-1, 1]
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         x = x + (unit * phi).sum(2) * self.coords_range
-        agg = m.sum(2) - torch.diagonal(m, dim1=1, dim2=2).transpose(1, 2)  # drop self-pairs
-        h = h + self.node2(F.silu(self.node1(torch.cat([h, agg], dim=-1))))
+        h = h + self.node2(F.silu(self.node1(torch.cat([h, m.sum(2)], dim=-1))))
         return h, x
 
 
@@ -108,6 +120,7 @@ class EGNN(nn.Module):
                  coords_range: float = 15.0):
         super().__init__()
         self.n_particles, self.spatial_dim, self.hidden = n_particles, spatial_dim, hidden
+        self.register_buffer("nbr", neighbour_index(n_particles), persistent=False)
         self.embedding = nn.Linear(1, hidden)
         self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / n_layers)
                                     for _ in range(n_layers))
@@ -116,10 +129,10 @@ class EGNN(nn.Module):
         B = x.shape[0]
         x0 = x.reshape(B, self.n_particles, self.spatial_dim)
         h = self.embedding(t.reshape(B, 1, 1).to(x.dtype)).expand(B, self.n_particles, self.hidden)
-        a0 = (x0.unsqueeze(2) - x0.unsqueeze(1)).pow(2).sum(-1, keepdim=True)
+        a0 = (x0.unsqueeze(2) - x0[:, self.nbr]).pow(2).sum(-1, keepdim=True)
         y = x0
         for layer in self.layers:
-            h, y = layer(h, y, a0)
+            h, y = layer(h, y, a0, self.nbr)
         v = y - x0
         return (v - v.mean(1, keepdim=True)).reshape(B, -1)
 
