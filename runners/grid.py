@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -148,17 +149,24 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(todo)} to run", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(specs), len(specs) - len(todo))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops it like Ctrl-C
     try:
         dispatch(todo, cfg, launcher, out, progress, counts)
     except KeyboardInterrupt:
         print("\n[grid] interrupted; finished rows are kept, re-run the command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary(specs)
     if cfg.collect:
         from .collect import collect
         collect(out)
     return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def summary(specs: list[CellSpec]) -> dict[str, int]:

@@ -12,7 +12,9 @@ the job's log path).
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -148,27 +150,47 @@ def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Pro
         now = time.time()
         pending.extend((j, b, now) for j, b in zip(jobs, todo))
 
-    submit_more()
-    while pending:
-        still = []
-        for job, batch, t_sub in pending:
-            if launcher != "debug" and not job.done():
-                still.append((job, batch, t_sub))
-                continue
-            for row in _collect_job(job, batch, launcher, cfg, t_sub):
-                results[row["cell_key"]] = row
-                counts[row["status"]] = counts.get(row["status"], 0) + 1
-        pending[:] = still
+    try:
         submit_more()
-        progress.show(counts, _running(pending, launcher))
-        if pending:
-            time.sleep(POLL_S)
+        while pending:
+            still = []
+            for job, batch, t_sub in pending:
+                if launcher != "debug" and not job.done():
+                    still.append((job, batch, t_sub))
+                    continue
+                for row in _collect_job(job, batch, launcher, cfg, t_sub):
+                    results[row["cell_key"]] = row
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
+            pending[:] = still
+            submit_more()
+            progress.show(counts, _running(pending, launcher))
+            if pending:
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM: stop local cell processes (their rows are not written, the cells
+        # rerun next time); SLURM jobs are left to finish and can be collected later.
+        if launcher == "local":
+            _stop_local([job for job, _, _ in pending])
+        elif launcher == "slurm" and pending:
+            print(f"\n[grid] {len(pending)} SLURM job(s) keep running; re-run the command "
+                  f"later to collect them, or scancel them", file=sys.stderr)
+        raise
     progress.show(counts, 0, final=True)
     return [results[s.key] for s in specs if s.key in results]
 
 
+def _stop_local(jobs: list) -> None:
+    """SIGTERM each local job's controller (its job id is the controller's pid), which forwards
+    it to the cell process. Not SIGINT (submitit's cancel): processes started from a
+    non-interactive shell in the background ignore SIGINT."""
+    for job in jobs:
+        try:
+            os.kill(int(job.job_id), signal.SIGTERM)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+
+
 def _workers(cfg) -> int:
-    import os
     if cfg.workers > 0:
         return cfg.workers
     return max(1, (os.cpu_count() or 1) // max(1, cfg.threads))

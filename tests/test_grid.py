@@ -346,3 +346,37 @@ def test_unprofiled_run_prints_estimate_and_asks_on_a_terminal(tmp_path, capsys,
     assert "cost estimate: 2 cells, up to 5.12e+10 energy evaluations" in err
     assert "energy throughput here" in err and "stopped before dispatch" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_stops_local_cell_processes(tmp_path, test_samplers, tiny_profile):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "runners.grid", f"out={out}", "launcher=local",
+                             f"profile={tiny_profile}", "targets=gmm40,dw4", "samplers=t_gauss",
+                             "t_gauss.sleep_s=30", "collect=false"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list((out / "logs").glob("*_log.out"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    controllers = [int(p.name.split("_")[0]) for p in (out / "logs").glob("*_log.out")]
+    assert len(controllers) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted" in proc.stderr.read()
+    deadline = time.time() + 30
+    alive = controllers
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if _alive(pid)]
+    assert not alive
+    assert rows.iter_rows(out) == []  # the interrupted cells wrote no rows: they rerun next time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
