@@ -159,10 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary(specs)
-    if cfg.collect:
+    if cfg.collect and not todo and _collected_after_rows(out):
+        print(f"[grid] nothing new since the last collect: {out / 'results.csv'} is up to date",
+              file=sys.stderr)
+    elif cfg.collect:
         from .collect import collect
         collect(out)
     return 0
+
+
+def _collected_after_rows(out: Path) -> bool:
+    """Whether results.csv is newer than every row (so collecting again would change nothing)."""
+    csv = out / "results.csv"
+    if not csv.is_file():
+        return False
+    newest = max((p.stat().st_mtime for p in (out / "cells").glob(f"*/{rows.ROW_FILE}")), default=0)
+    return csv.stat().st_mtime >= newest
 
 
 def _raise_interrupt(signum, frame):

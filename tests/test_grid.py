@@ -380,3 +380,16 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_rerun_of_a_finished_grid_recomputes_nothing(tmp_path, capsys, test_samplers, tiny_profile):
+    out = tmp_path / "out"
+    args = [f"out={out}", "launcher=debug", f"profile={tiny_profile}", "targets=gmm40",
+            "samplers=t_gauss"]
+    assert run_grid(args, capsys)[0] == 0
+    csv_mtime = (out / "results.csv").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    code, err = run_grid(args, capsys)
+    assert code == 0 and time.perf_counter() - t0 < 5
+    assert "1 finished cell(s) kept, 0 to run" in err and "is up to date" in err
+    assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
