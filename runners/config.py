@@ -241,10 +241,15 @@ def split_tokens(argv: list[str]) -> dict:
     for tok in argv:
         if "=" not in tok or tok.startswith("="):
             raise ConfigError(f"argument {tok!r} is not of the form key=value (see --help)")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(argv)), resolve=False)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse the arguments {' '.join(argv)!r}: {_first_line(exc)}") from None
+    tree: dict = {}
+    for tok in argv:
+        try:  # one token at a time, so the error names the token that is malformed
+            part = OmegaConf.to_container(OmegaConf.from_dotlist([tok]), resolve=False)
+        except Exception as exc:  # noqa: BLE001 - omegaconf grammar or YAML errors
+            raise ConfigError(f"{tok.split('=', 1)[0]}: cannot parse {tok!r}: "
+                              f"{_first_line(exc)}") from None
+        tree = OmegaConf.to_container(OmegaConf.merge(tree, part), resolve=False)
+    return tree
 
 
 def grid_fields() -> list[str]:
@@ -276,12 +281,15 @@ def parse(argv: list[str]) -> Grid:
         merged = OmegaConf.merge(OmegaConf.structured(GridConfig), grid_part)
         cfg: GridConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        if key and str(key).startswith("slurm"):
-            allowed = ", ".join(f.name for f in dataclasses.fields(SlurmConfig))
+        key = str(getattr(exc, "full_key", None) or "")
+        value = grid_part
+        for part in key.split(".") if key else []:
+            value = value.get(part) if isinstance(value, dict) else None
+        if key.startswith("slurm"):
+            allowed = "slurm fields: " + ", ".join(f.name for f in dataclasses.fields(SlurmConfig))
         else:
-            allowed = ", ".join(grid_fields())
-        raise ConfigError(f"{key or 'config'}: {_first_line(exc)} (options: {allowed})") from None
+            allowed = "options: " + ", ".join(grid_fields())
+        raise ConfigError(f"{key or 'config'}: got {value!r}: {_first_line(exc)} ({allowed})") from None
 
     if cfg.launcher not in LAUNCHERS:
         raise ConfigError(f"launcher: got {cfg.launcher!r}; allowed: {', '.join(LAUNCHERS)}")
