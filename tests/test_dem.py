@@ -184,9 +184,10 @@ def _egnn_edge_list_reference(net: EGNN, t, x):
     return (v - v.mean(1, keepdim=True)).reshape(B, -1)
 
 
-def test_dense_egnn_equals_edge_list_formulation():
+@pytest.mark.parametrize("layers", [1, 3])
+def test_dense_egnn_equals_edge_list_formulation(layers):
     g = torch.Generator().manual_seed(2)
-    net = _egnn(5, 3, layers=3, hidden=8, seed=3)
+    net = _egnn(5, 3, layers=layers, hidden=8, seed=3)
     x = torch.randn(4, 15, generator=g, dtype=torch.float64)
     t = torch.rand(4, generator=g, dtype=torch.float64)
     ref = _egnn_edge_list_reference(net, t, x)

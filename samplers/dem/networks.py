@@ -18,7 +18,9 @@ Our EGNN is dense: edge tensors are ``[B, N, N-1, H]`` (receiving node i, then i
 neighbours j != i, see :func:`neighbour_index`), so node sums are sums over an axis, with no edge
 lists or scatter; the only gather is of the small ``[B, N, H]`` node projection. The first edge
 Linear(2H+2, H) is split into a source part, a target part and two rank-one terms, so the
-[B, N, N-1, 2H+2] concatenation is never built. The official final node Linear
+[B, N, N-1, 2H+2] concatenation is never built. In the first layer all nodes carry the same h = t
+and the edge attribute equals the current squared distance, so messages are symmetric and that
+layer runs on unordered pairs (:meth:`EGNNLayer.forward_first`). The official final node Linear
 (``embedding_out``), whose output is discarded, is left out.
 
 Parameters are initialised from an explicit generator (:func:`init_parameters`) like PyTorch's
@@ -73,6 +75,20 @@ def neighbour_index(n: int) -> torch.Tensor:
     return j + (j >= i).long()
 
 
+def pair_index(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unordered pairs p = (i < j) as ``pi, pj [P]``, and for the ordered layout of
+    :func:`neighbour_index` the pair of edge (i, nbr[i, k]) ``pair_of [n, n-1]`` with ``sign``
+    +1 where i < j (x_i - x_j = diff_p) and -1 otherwise."""
+    pi, pj = torch.triu_indices(n, n, offset=1)
+    lookup = torch.zeros(n, n, dtype=torch.long)
+    lookup[pi, pj] = torch.arange(pi.numel())
+    lookup[pj, pi] = torch.arange(pi.numel())
+    nbr = neighbour_index(n)
+    rows = torch.arange(n)[:, None].expand_as(nbr)
+    sign = torch.where(rows < nbr, 1.0, -1.0)
+    return pi, pj, lookup[rows, nbr], sign
+
+
 class EGNNLayer(nn.Module):
     """One E(n)-equivariant layer on ``h [B, N, H]``, ``x [B, N, D]``, ``a0 [B, N, N-1, 1]``;
     ``nbr`` from :func:`neighbour_index`. Edge tensors are ``[B, N, N-1, .]``."""
@@ -91,6 +107,19 @@ class EGNNLayer(nn.Module):
         self.coord2.xavier_gain = 0.001  # read by init_parameters
         self.coords_range = float(coords_range)
 
+    def _messages(self, pre):
+        """Edge pre-activations ``[..., H]`` -> gated messages m ``[..., H]`` and tanh(phi_x(m))
+        ``[..., 1]``. Without autograd (sampling) activations run in place: fewer big
+        allocations, whose page faults cost as much as the arithmetic on CPU."""
+        inplace = not torch.is_grad_enabled()
+        m = F.silu(self.edge2(F.silu(pre, inplace=inplace)), inplace=inplace)
+        gate = torch.sigmoid(self.att(m))                        # attention gate
+        m = m.mul_(gate) if inplace else m * gate
+        return m, torch.tanh(self.coord2(F.silu(self.coord1(m), inplace=inplace)))
+
+    def _node_update(self, h, agg):
+        return h + self.node2(F.silu(self.node1(torch.cat([h, agg], dim=-1))))
+
     def forward(self, h, x, a0, nbr):
         H = self.hidden
         diff = x.unsqueeze(2) - x[:, nbr]                        # [B, N, N-1, D]: x_i - x_j
@@ -100,17 +129,29 @@ class EGNNLayer(nn.Module):
         dst = F.linear(h, W[:, H:2 * H])
         pre = dst[:, nbr]                                        # [B, N, N-1, H] (fresh tensor)
         pre.add_(src.unsqueeze(2)).addcmul_(radial, W[:, 2 * H]).addcmul_(a0, W[:, 2 * H + 1])
-        # Without autograd (sampling) activations run in place: fewer [B, N, N-1, H] allocations,
-        # whose page faults cost as much as the arithmetic on CPU.
-        inplace = not torch.is_grad_enabled()
-        m = F.silu(self.edge2(F.silu(pre, inplace=inplace)), inplace=inplace)
-        gate = torch.sigmoid(self.att(m))                        # attention gate [B, N, N-1, 1]
-        m = m.mul_(gate) if inplace else m * gate
-        phi = torch.tanh(self.coord2(F.silu(self.coord1(m), inplace=inplace)))  # [B, N, N-1, 1]
+        m, phi = self._messages(pre)
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         x = x + (unit * phi).sum(2) * self.coords_range
-        h = h + self.node2(F.silu(self.node1(torch.cat([h, m.sum(2)], dim=-1))))
-        return h, x
+        return self._node_update(h, m.sum(2)), x
+
+    def forward_first(self, h0, x, pairs):
+        """The first layer, where every node carries the same h0 ``[B, H]`` (h = t) and the edge
+        attribute equals the current squared distance: m_ij = m_ji and phi_ij = phi_ji, so the
+        edge networks run on the N(N-1)/2 unordered pairs only (same function, half the work).
+        Returns h ``[B, N, H]``, x and a0 ``[B, N, N-1, 1]``."""
+        pi, pj, pair_of, sign = pairs
+        H, N = self.hidden, x.shape[1]
+        diff = x[:, pi] - x[:, pj]                               # [B, P, D]
+        radial = diff.pow(2).sum(-1, keepdim=True)               # [B, P, 1] (= a0 here)
+        W = self.edge1.weight
+        c = F.linear(h0, W[:, :H] + W[:, H:2 * H], self.edge1.bias)          # [B, H]
+        pre = torch.addcmul(c.unsqueeze(1), radial, W[:, 2 * H] + W[:, 2 * H + 1])  # [B, P, H]
+        m, phi = self._messages(pre)
+        unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
+        trans = (unit * phi)[:, pair_of] * sign.unsqueeze(-1)   # [B, N, N-1, D], antisymmetric
+        x = x + trans.sum(2) * self.coords_range
+        h = self._node_update(h0.unsqueeze(1).expand(-1, N, H), m[:, pair_of].sum(2))
+        return h, x, radial[:, pair_of]
 
 
 class EGNN(nn.Module):
@@ -121,6 +162,8 @@ class EGNN(nn.Module):
         super().__init__()
         self.n_particles, self.spatial_dim, self.hidden = n_particles, spatial_dim, hidden
         self.register_buffer("nbr", neighbour_index(n_particles), persistent=False)
+        for name, v in zip(("pi", "pj", "pair_of", "sign"), pair_index(n_particles)):
+            self.register_buffer(name, v, persistent=False)
         self.embedding = nn.Linear(1, hidden)
         self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / n_layers)
                                     for _ in range(n_layers))
@@ -128,10 +171,10 @@ class EGNN(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         x0 = x.reshape(B, self.n_particles, self.spatial_dim)
-        h = self.embedding(t.reshape(B, 1, 1).to(x.dtype)).expand(B, self.n_particles, self.hidden)
-        a0 = (x0.unsqueeze(2) - x0[:, self.nbr]).pow(2).sum(-1, keepdim=True)
-        y = x0
-        for layer in self.layers:
+        h0 = self.embedding(t.reshape(B, 1).to(x.dtype))          # h = t on every node
+        pairs = (self.pi, self.pj, self.pair_of, self.sign.to(x.dtype))
+        h, y, a0 = self.layers[0].forward_first(h0, x0, pairs)
+        for layer in self.layers[1:]:
             h, y = layer(h, y, a0, self.nbr)
         v = y - x0
         return (v - v.mean(1, keepdim=True)).reshape(B, -1)
