@@ -82,10 +82,28 @@ def make_executor(launcher: str, folder: Path, cfg) -> submitit.Executor:
         # recorded as timeout. LocalExecutor itself takes fractional minutes and the signal delay.
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
         ex.update_parameters(timeout_min=float(cfg.timeout_min),
-                             signal_delay_s=int(min(30, 6 * cfg.timeout_min)))
+                             signal_delay_s=int(min(30, 6 * cfg.timeout_min)), **_local_gpus())
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
     return ex
+
+
+def _local_gpus() -> dict:
+    """GPUs for local cells. submitit's local executor sets CUDA_VISIBLE_DEVICES to its
+    ``gpus_per_node`` first devices (none by default), so pass every GPU this process sees; each
+    concurrent cell may use them (a sampler's ``device`` config chooses)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        try:
+            ids = [int(v) for v in env.split(",") if v.strip()]
+        except ValueError:  # GPU UUIDs: submitit only takes indices
+            print("[grid] note: CUDA_VISIBLE_DEVICES holds non-integer ids; local cells get no GPU",
+                  file=sys.stderr)
+            return {}
+        return {"gpus_per_node": len(ids), "visible_gpus": ids} if ids else {}
+    import torch
+    n = torch.cuda.device_count()
+    return {"gpus_per_node": n} if n else {}
 
 
 def batches(specs: list[CellSpec], size: int) -> list[list[CellSpec]]:

@@ -394,3 +394,14 @@ def test_rerun_of_a_finished_grid_recomputes_nothing(tmp_path, capsys, test_samp
     assert code == 0 and time.perf_counter() - t0 < 5
     assert "1 finished cell(s) kept, 0 to run" in err and "is up to date" in err
     assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
+
+
+def test_local_cells_see_the_gpus_of_the_grid_process(monkeypatch):
+    """submitit's local executor would hide every GPU (CUDA_VISIBLE_DEVICES="") by default."""
+    from runners.launch import _local_gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _local_gpus() == {"gpus_per_node": 2, "visible_gpus": [2, 3]}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _local_gpus() == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b")
+    assert _local_gpus() == {}
