@@ -47,6 +47,14 @@ def _unreachable() -> str | None:
     for cmd in ("sinfo", "sbatch", "srun", "sacct", "scontrol"):
         if shutil.which(cmd) is None:
             return f"`{cmd}` is not on the PATH"
+    # `scontrol ping` answers at once; sinfo retries a dead controller for ~9 s
+    p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+    if p.returncode != 0:
+        first = (p.stdout + p.stderr).strip().splitlines()[:1] or ["no output"]
+        conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+        if not Path(conf).is_file():
+            conf += " does not exist; nor does tests/slurm/up.sh's config"
+        return f"the controller does not answer (SLURM_CONF {conf}; `scontrol ping`: {first[0]})"
     try:
         p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
