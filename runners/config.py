@@ -66,6 +66,7 @@ class GridConfig:
     threads: int = 1                # torch threads per cell
     timeout_min: float = 120.0      # local launcher: wall limit of one cell process
     collect: bool = True            # write results.csv, tables and figures at the end
+    figures: bool = True            # with collect: also the figures (the slowest part)
     yes: bool = False               # skip the confirmation prompt of an unprofiled (paper) run
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     elif cfg.collect:
         from .collect import collect
-        collect(out)
+        collect(out, figures=cfg.figures)
     return 0
 
 

@@ -120,8 +120,10 @@ class Progress:
         self.tty = self.stream.isatty()
         self.last = ""
 
-    def show(self, counts: dict[str, int], running: int, final: bool = False) -> None:
-        done = sum(counts.values())
+    def show(self, counts: dict[str, int], running: int, final: bool = False,
+             partial: int = 0) -> None:
+        """``partial``: cells already finished inside jobs that still run (packed cells)."""
+        done = sum(counts.values()) + partial
         failed = counts.get("error", 0) + counts.get("timeout", 0) + counts.get("diverged", 0)
         elapsed = time.time() - self.t0
         new = done - self.already
@@ -181,7 +183,8 @@ def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Pro
                     counts[row["status"]] = counts.get(row["status"], 0) + 1
             pending[:] = still
             submit_more()
-            progress.show(counts, _running(pending, launcher))
+            progress.show(counts, _running(pending, launcher),
+                          partial=_rows_in_flight(pending) if size > 1 else 0)
             if pending:
                 time.sleep(POLL_S)
     except KeyboardInterrupt:
@@ -212,6 +215,15 @@ def _workers(cfg) -> int:
     if cfg.workers > 0:
         return cfg.workers
     return max(1, (os.cpu_count() or 1) // max(1, cfg.threads))
+
+
+def _rows_in_flight(pending: list) -> int:
+    n = 0
+    for _, batch, t_sub in pending:
+        for spec in batch:
+            path = spec.dir / rows.ROW_FILE
+            n += path.is_file() and path.stat().st_mtime >= t_sub - 1
+    return n
 
 
 def _running(pending: list, launcher: str) -> int:

@@ -126,7 +126,8 @@ def test_debug_grid_records_diverged_and_error_while_others_finish(tmp_path, cap
                                                                    tiny_profile):
     out = tmp_path / "out"
     code, err = run_grid([f"out={out}", "launcher=debug", f"profile={tiny_profile}",
-                          "targets=gmm40,dw4", "samplers=t_gauss,t_diverge,t_crash"], capsys)
+                          "targets=gmm40,dw4", "samplers=t_gauss,t_diverge,t_crash",
+                          "figures=false"], capsys)
     assert code == 0
     got = load_rows(out)
     assert len(got) == 6
@@ -194,28 +195,28 @@ def test_resume_after_sigkill_loses_and_corrupts_nothing(tmp_path, test_samplers
     out, counts = tmp_path / "out", tmp_path / "counts"
     counts.mkdir()
     args = [sys.executable, "-m", "runners.grid", f"out={out}", "launcher=debug",
-            f"profile={tiny_profile}", "targets=gmm40", "samplers=t_gauss", "seeds=4",
+            f"profile={tiny_profile}", "targets=gmm40", "samplers=t_gauss", "seeds=3",
             "t_gauss.sleep_s=0.25", f"t_gauss.count_dir={counts}", "collect=false"]
     env = dict(os.environ)
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
-    while len(rows.iter_rows(out)) < 2 and time.time() < deadline:
+    while len(rows.iter_rows(out)) < 1 and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # mid-grid: the third cell is running
+    proc.send_signal(signal.SIGKILL)  # mid-grid: the second cell is running
     proc.wait()
     before = {r["cell_key"]: (out / "cells" / r["cell_key"] / "row.json").stat().st_mtime_ns
               for r in rows.iter_rows(out)}
-    assert 2 <= len(before) < 4
+    assert 1 <= len(before) < 3
     p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     after = rows.iter_rows(out)
-    assert sorted(r["seed"] for r in after) == [0, 1, 2, 3]
+    assert sorted(r["seed"] for r in after) == [0, 1, 2]
     assert all(r["status"] == "ok" and r["energy_evals"] == 192 for r in after)
     for key, mtime in before.items():  # finished cells were not rerun
         assert (out / "cells" / key / "row.json").stat().st_mtime_ns == mtime
     runs = (counts / "gmm40-t_gauss.runs").read_text().split()
-    assert 4 <= len(runs) <= 5  # at most the one interrupted cell ran twice
+    assert 3 <= len(runs) <= 4  # at most the one interrupted cell ran twice
     for d in (out / "cells").iterdir():  # every row parses; no stray row-less sample files
         assert json.loads((d / "row.json").read_text())["status"] == "ok"
 
@@ -224,7 +225,8 @@ def test_resume_after_sigkill_loses_and_corrupts_nothing(tmp_path, test_samplers
 def test_whole_grid_through_local_subprocesses(tmp_path, capsys, test_samplers, tiny_profile):
     out = tmp_path / "out"
     code, err = run_grid([f"out={out}", "launcher=local", "workers=2", f"profile={tiny_profile}",
-                          "targets=gmm40", "samplers=t_gauss,t_crash", "timeout_min=5"], capsys)
+                          "targets=gmm40", "samplers=t_gauss,t_crash", "timeout_min=5",
+                          "figures=false"], capsys)
     assert code == 0, err
     got = load_rows(out)
     assert got[("gmm40", "t_gauss", 0)]["status"] == "ok"
@@ -386,7 +388,7 @@ def _alive(pid: int) -> bool:
 def test_rerun_of_a_finished_grid_recomputes_nothing(tmp_path, capsys, test_samplers, tiny_profile):
     out = tmp_path / "out"
     args = [f"out={out}", "launcher=debug", f"profile={tiny_profile}", "targets=gmm40",
-            "samplers=t_gauss"]
+            "samplers=t_gauss", "figures=false"]
     assert run_grid(args, capsys)[0] == 0
     csv_mtime = (out / "results.csv").stat().st_mtime_ns
     t0 = time.perf_counter()
