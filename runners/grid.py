@@ -16,11 +16,13 @@ import dataclasses
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from submitit.core.utils import FailedSubmissionError
 
 import samplers
 import targets
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n[grid] interrupted; finished rows are kept, re-run the command to resume",
               file=sys.stderr)
         return 130
+    except (FailedSubmissionError, subprocess.CalledProcessError) as exc:
+        print(f"error: could not submit the cells ({launcher}): {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary(specs)

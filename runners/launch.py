@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,10 +57,22 @@ class CellBatch(submitit.helpers.Checkpointable):
 
 
 def resolve_launcher(name: str) -> str:
-    """``auto`` -> slurm where ``srun``/``sbatch`` are on the PATH, local elsewhere."""
+    """``auto`` -> slurm where ``srun``/``sbatch`` are on the PATH and the controller answers
+    ``scontrol ping`` (installed SLURM clients without a reachable cluster are common on
+    laptops), local elsewhere."""
     if name != "auto":
         return name
-    return "slurm" if shutil.which("srun") and shutil.which("sbatch") else "local"
+    if not (shutil.which("srun") and shutil.which("sbatch") and shutil.which("scontrol")):
+        return "local"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "local"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        print("[grid] note: SLURM commands found but no controller answers; running locally",
+              file=sys.stderr)
+        return "local"
+    return "slurm"
 
 
 def make_executor(launcher: str, folder: Path, cfg) -> submitit.Executor:

@@ -407,3 +407,20 @@ def test_local_cells_see_the_gpus_of_the_grid_process(monkeypatch):
     assert _local_gpus() == {}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b")
     assert _local_gpus() == {}
+
+
+def test_auto_launcher_needs_an_answering_controller(tmp_path, monkeypatch, capsys):
+    from runners.launch import resolve_launcher
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for cmd, body in (("srun", "exit 0"), ("sbatch", "exit 0"),
+                      ("scontrol", "echo 'Slurmctld(primary) at x is DOWN'; exit 1")):
+        (bindir / cmd).write_text(f"#!/bin/sh\n{body}\n")
+        (bindir / cmd).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    assert resolve_launcher("auto") == "local"
+    assert "no controller answers" in capsys.readouterr().err
+    (bindir / "scontrol").write_text("#!/bin/sh\necho 'Slurmctld(primary) at x is UP'\n")
+    assert resolve_launcher("auto") == "slurm"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands at all
+    assert resolve_launcher("auto") == "local" and resolve_launcher("debug") == "debug"
