@@ -191,7 +191,7 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     prior = (resumed or {}).get("fit_seconds", 0.0)
     live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(), prior_seconds=prior)
     t0 = time.perf_counter()
-    info = {} if budget is None else sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
+    info = sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
     row["fit_seconds"] = time.perf_counter() - t0 + prior
     live.clear()
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
@@ -254,9 +254,9 @@ def save_checkpoint(live: dict) -> bool:
     return True
 
 
-def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget | None, dict | None]:
+def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | None]:
     """The budget for ``fit``: the full one, or after a checkpoint the remainder (energy and time
-    caps minus what was spent; ``None`` if nothing remains). Step caps are the sampler's own."""
+    caps minus what was spent). Step caps are the sampler's own (counted in its state)."""
     path = spec.dir / CHECKPOINT_FILE
     if not (path.is_file() and hasattr(sampler, "load_state_dict")):
         return samplers.Budget(**spec.budget), None
@@ -269,7 +269,9 @@ def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget | None, di
     if b.get("max_seconds") is not None:
         b["max_seconds"] -= ckpt["fit_seconds"]
     if any(v is not None and v <= 0 for v in b.values()):
-        return None, ckpt
+        # Nothing remains: fit still runs, with a budget that is spent at once, so a sampler
+        # that applies its loaded state when it sees the target finishes setting up.
+        return samplers.Budget(max_energy_evals=1, max_seconds=1e-6), ckpt
     return samplers.Budget(**b), ckpt
 
 

@@ -424,3 +424,17 @@ def test_auto_launcher_needs_an_answering_controller(tmp_path, monkeypatch, caps
     assert resolve_launcher("auto") == "slurm"
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands at all
     assert resolve_launcher("auto") == "local" and resolve_launcher("debug") == "debug"
+
+
+def test_resume_with_the_budget_already_spent_only_samples(tmp_path, test_samplers):
+    import io
+
+    spec = _spec(tmp_path, max_energy_evals=40)
+    buf = io.BytesIO()
+    torch.save({"state": {"steps": 4, "target": "gmm40"}, "energy_evals": 50, "grad_evals": 50,
+                "fit_seconds": 2.0}, buf)
+    spec.dir.mkdir(parents=True)
+    (spec.dir / CHECKPOINT_FILE).write_bytes(buf.getvalue())
+    row = run_cell(spec)
+    assert row["status"] == "ok" and row["resumed_from_checkpoint"] is True
+    assert row["energy_evals"] == 50 and json.loads(row["fit_info"])["steps"] == 4
