@@ -262,10 +262,10 @@ def test_preempted_checkpointed_cell_resumes(slurm_cluster, tmp_path):
         time.sleep(0.2)
     assert runs.is_file(), "the cell never started fitting"
     time.sleep(1.5)  # a few of the 8 steps (0.5 s each) are done; the rest are not
-    job_id = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "boltzbench", "-o", "%i"],
-                            capture_output=True, text=True).stdout.split()
-    assert len(job_id) == 1, job_id
-    job_id = job_id[0]
+    # This grid's one job, named by its submitit files (other users may share the cluster)
+    submitted = [p.name[:-len("_submitted.pkl")] for p in (out / "logs").glob("*_submitted.pkl")]
+    assert len(submitted) == 1, submitted
+    job_id = submitted[0]
     for sig in ("SIGTERM", "USR2"):  # preemption, not timeout: submitit requeues without a count
         subprocess.run(["scancel", job_id, "--signal", sig], check=True)
     err = finish(proc)
