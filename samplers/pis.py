@@ -112,6 +112,8 @@ class ControlledSDESampler:
         self.config = cfg
         self.net: ControlNet | None = None
         self.target = None
+        self.steps = 0
+        self._pending_state: dict | None = None
 
     # ------------------------------------------------------------------ configuration
     def _validate(self, cfg) -> None:
@@ -160,10 +162,15 @@ class ControlledSDESampler:
                             f"got {type(generator).__name__}")
         cfg = self.config
         self._bind(target, generator)
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay)
+        self.steps = 0
+        if self._pending_state is not None:  # resume from a checkpoint (runners/cell.py)
+            self._load(self._pending_state)
+            self._pending_state = None
         clock = budget.start(target)
         cost = cfg.batch_size * (cfg.n_steps + 1)  # N score calls + 1 terminal energy_and_grad
-        it, last = 0, {}
+        it, last = self.steps, {}
         while (not clock.exhausted(it) and clock.allows(cost)
                and (cfg.max_iters is None or it < cfg.max_iters)):
             loss, log_w = self._loss(cfg.batch_size, generator)
@@ -175,12 +182,36 @@ class ControlledSDESampler:
                 if p.grad is not None and not torch.isfinite(p.grad).all():
                     raise Diverged(f"{self.name}: non-finite parameter gradient at iteration {it}")
             opt.step()
-            it += 1
+            it = self.steps = it + 1
             last = {"loss": float(loss.detach()), "elbo": float(log_w.mean()), "log_z": logmeanexp(log_w),
                     "ess": normalised_ess(log_w)}
         return {"steps": it, "sigma": self.sigma, "n_sde_steps": cfg.n_steps,
                 "energy_evals": clock.energy_evals, "seconds": clock.seconds,
                 **{f"train_{k}": v for k, v in last.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Network, optimiser and step count (for preemption checkpoints); the generator's state
+        is not saved, so a resumed run is not bit-identical to an uninterrupted one."""
+        if self.net is None:
+            raise RuntimeError(f"{self.name}.state_dict: call fit first")
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps,
+                "sigma": self.sigma}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; before ``fit`` it is applied once the target is bound
+        (training then continues from ``steps``), after ``fit`` at once."""
+        if self.net is None:
+            self._pending_state = state
+        else:
+            self._load(state)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if abs(state["sigma"] - self.sigma) > 1e-12:
+            raise ValueError(f"{self.name}.load_state_dict: checkpoint sigma {state['sigma']} "
+                             f"differs from the configured {self.sigma}")
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps = int(state["steps"])
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:

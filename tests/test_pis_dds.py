@@ -2,6 +2,7 @@
 evaluation accounting, determinism, particle projection and divergence."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -200,3 +201,27 @@ def test_dds_schedule():
     a = torch.tensor([c[2] ** 2 for c in s._coef], dtype=torch.float64)
     assert torch.allclose(keep + a, torch.ones(50, dtype=torch.float64))  # variance preserving
     assert abs(float(keep.prod()) - math.exp(-6.0)) < 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_resume(name):
+    target = Gauss([0.5, -0.5], 1.0)
+    cls = samplers.get(name)
+    cfg = cls.tiny_config(target)
+    a = cls(cfg)
+    a.fit(target, Budget(max_steps=100), torch.Generator().manual_seed(0))
+    state = a.state_dict()
+    # Restored before fit, with nothing left to train: the same network, so the same samples.
+    b = cls(cfg)
+    b.load_state_dict(state)
+    target.reset_counter()
+    info = b.fit(target, Budget(max_steps=100), torch.Generator().manual_seed(5))
+    assert info["steps"] == cfg.max_iters and target.counter.energy_evals == 0
+    assert torch.equal(a.sample(32, torch.Generator().manual_seed(3)),
+                       b.sample(32, torch.Generator().manual_seed(3)))
+    # Training continues from the saved step count.
+    c = cls(dataclasses.replace(cfg, max_iters=cfg.max_iters + 2))
+    c.load_state_dict(state)
+    target.reset_counter()
+    assert c.fit(target, Budget(max_steps=100), torch.Generator().manual_seed(5))["steps"] == 5
+    assert target.counter.energy_evals == 2 * cfg.batch_size * (cfg.n_steps + 1)
