@@ -7,7 +7,8 @@ see a job's state and waits forever on a dead one). These tests never start a cl
 ``BOLTZBENCH_START_SLURM=1``; then the session starts one with up.sh (installing the packages
 if needed) and stops it at the end, unless one was already up. By hand:
 
-    tests/slurm/install.sh && eval "$(tests/slurm/up.sh)" && pytest -m slurm -rs; tests/slurm/down.sh
+    tests/slurm/install.sh && eval "$(tests/slurm/up.sh)"
+    pytest -m slurm -rs tests/test_slurm.py; tests/slurm/down.sh
 
 The grid runs as the user runs it, ``python -m runners.grid ... launcher=slurm``, in a
 subprocess; test samplers come from tests/helpers_samplers.py (t_crash, t_ckpt) and
@@ -278,6 +279,6 @@ def test_preempted_checkpointed_cell_resumes(slurm_cluster, tmp_path):
     assert len(runs.read_text().split()) == 2  # fit was entered twice: before and after
     assert not (Path(row["samples_file"]).parent / "checkpoint.pt").exists()
     assert len(list((out / "cells").glob("*/row.json"))) == 1 and "summary: ok 1" in err
-    show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-    assert "Restarts=1" in show
+    show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    assert "Restarts=1" in show.stdout
     assert sacct_state(job_id) == "COMPLETED"

@@ -25,7 +25,8 @@ log=$(mktemp)
 # /usr/sbin/policy-rc.d exits 101 (container images) postinst starts no service; where it does
 # start munge, up.sh reuses that munged, and a system MariaDB on 3306 does not clash with ours.
 # shellcheck disable=SC2086
-if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs; } >"$log" 2>&1; then
+if ! { apt-get update -qq &&
+       apt-get install -y -qq --no-install-recommends $pkgs; } >"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"
   echo "[slurm install] apt-get failed" >&2
   exit 1

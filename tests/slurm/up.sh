@@ -26,7 +26,10 @@ T0=$(date +%s%N)
 say() { echo "[slurm up +$(( ($(date +%s%N) - T0) / 1000000 )) ms] $*" >&2; }
 die() { echo "[slurm up] error: $*" >&2; exit 1; }
 
-case "$D" in /?*/?* | /tmp/?*) ;; *) die "SLURM_LOCAL_DIR=$D: give an absolute path at least two levels deep" ;; esac
+case "$D" in
+  /?*/?*) ;;
+  *) die "SLURM_LOCAL_DIR=$D: give an absolute path at least two levels deep" ;;
+esac
 [ "$(id -u)" = 0 ] || die "needs root (the daemons run as root, munged as munge)"
 
 if [ "${SLURM_LOCAL_INSTALL:-0}" = 1 ]; then bash "$HERE/install.sh"; fi
