@@ -200,3 +200,35 @@ def test_compiled_kernel_matches_eager(gen, monkeypatch):
     e0, g0 = t.energy_and_grad(x)
     torch.testing.assert_close(e, e0, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-4 * float(g0.abs().max()))
+
+
+# ----------------------------------------------------------------------------- runners.bench
+def test_bench_reports_step_floor_and_generation(capsys):
+    """The benchmark runs end to end on a tiny problem and ends with its JSON line."""
+    import json
+
+    from runners import bench
+
+    argv = ["sampler=idem", "target=dw4", "threads=1", "repeats=1", "batch=8", "k=4",
+            "sample_n=6", "sample_steps=3"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(out[-1])
+    assert (r["batch"], r["k"], r["evals_per_step"], r["sample_n"]) == (8, 4, 32, 6)
+    assert r["sample_extrapolated"] is True and r["sample_steps_timed"] == 3
+    for key in ("step_s", "floor_s", "sample_s", "energy_evals_per_s"):
+        assert r[key] > 0
+    assert r["ratio"] == pytest.approx(r["step_s"] / r["floor_s"], rel=1e-3)
+    assert r["official"] is None  # overridden B and K: the official figures do not apply
+    assert r["threads"] == 1 and r["device"] == "cpu" and r["torch"] == torch.__version__
+
+
+def test_bench_rejects_bad_input(capsys):
+    from runners import bench
+
+    assert bench.main(["target=lj-13"]) == 2
+    assert "target: got 'lj-13'; allowed: gmm40, dw4, lj13, lj55" in capsys.readouterr().err
+    assert bench.main(["target=dw4", "repeats=0"]) == 2
+    assert "repeats: got '0'; expected an integer >= 1" in capsys.readouterr().err
+    assert bench.main(["target=dw4", "speed=fast"]) == 2
+    assert "argument 'speed=fast'" in capsys.readouterr().err
