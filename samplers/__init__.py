@@ -25,8 +25,8 @@ def get(name: str) -> type:
 
 
 # Importing a module registers its samplers (explicit list, no folder globbing).
-# from . import mcmc  # noqa: E402,F401
-from . import dds, pis  # noqa: E402,F401  (PIS/DDS helper)
+from . import mcmc, smc  # noqa: E402,F401  (MCMC helper: registers mala, hmc, rwm, smc)
+from . import dds, fab, pis  # noqa: E402,F401  (PIS/DDS helper)
 from . import idem  # noqa: E402,F401  (iDEM helper: registers idem, pdem)
 
 __all__ = ["Budget", "BudgetClock", "Diverged", "Sampler", "check_finite", "register", "get", "names"]

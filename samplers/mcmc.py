@@ -1,0 +1,380 @@
+"""MCMC baselines: random-walk Metropolis (``rwm``), MALA (``mala``) and HMC (``hmc``).
+
+Thin shells around the pure kernels of :mod:`samplers.kernels`: ``n_chains`` chains run in
+parallel; the step size is adapted by dual averaging during warm-up only and then frozen (so the
+post-warm-up chain is a time-homogeneous Markov chain that leaves the target invariant); every
+``thinning``-th post-warm-up state of every chain goes into a sample pool from which ``sample(n)``
+draws. A *step* (``Budget.max_steps``) is one MCMC transition of all chains; it costs
+``n_chains`` energy-and-gradient evaluations (HMC: ``n_leapfrog · n_chains``), plus ``n_chains``
+once to initialise. The energy cap is never exceeded: a step runs only if ``clock.allows`` its cost.
+
+``rwm`` follows the ICLR 2025 blog's MCMC baseline (reference-idem.md §1.1 A): Metropolis with a
+symmetric Gaussian proposal and the tuned, fixed proposal std DW-4 0.5, LJ-13 0.025 (Klein et al.),
+LJ-55 0.0075, GMM 1.25. MALA and HMC adapt toward acceptance 0.574 (Roberts & Rosenthal 1998) and
+0.8 (Stan's default) from per-target starting step sizes.
+
+Warm-up length: ``warmup_fraction`` of the steps the budget allows (energy or step cap), capped at
+``max_warmup_steps``; with only a time cap, ``warmup_fraction`` of ``max_seconds``.
+
+Initialisation (``init``, per-target default in ``INIT_DEFAULTS``): ``"prior"`` draws from
+:func:`prior_for` (GMM-40: uniform on [-45, 45]^2; particles: mean-free Gaussian);
+``"lattice"`` (LJ) places the particles on the sites of a cubic lattice with spacing 1 (the LJ pair
+minimum) nearest to a random centre, randomly rotated and jittered by ``init_scale``, so no pair
+starts in the repulsive wall (random Gaussian starts overlap and then reject every move).
+DW-4 starts are then quenched by a short displacement-capped gradient descent (``QUENCH_DEFAULTS``,
+its evaluations are charged to the budget), see :func:`quench`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from . import kernels, register
+from .base import Budget, Diverged, check_finite
+
+# Starting step sizes per kernel and target (RWM: proposal std; MALA: Langevin step h with noise
+# sqrt(2h); HMC: leapfrog step). RWM values are the blog's tuned ones and stay fixed by default.
+STEP_DEFAULTS = {
+    "rwm": {"gmm40": 1.25, "dw4": 0.5, "lj13": 0.025, "lj55": 0.0075},
+    "mala": {"gmm40": 0.5, "dw4": 0.05, "lj13": 0.005, "lj55": 0.003},
+    "hmc": {"gmm40": 0.5, "dw4": 0.1, "lj13": 0.02, "lj55": 0.015},
+}
+FALLBACK_STEP = {"rwm": 0.5, "mala": 0.1, "hmc": 0.1}  # targets not listed above
+TARGET_ACCEPT = {"rwm": 0.234, "mala": 0.574, "hmc": 0.8}
+# (init, init_scale): GMM uniform half-width; particles Gaussian std or lattice jitter.
+INIT_DEFAULTS = {"gmm40": ("prior", 45.0), "dw4": ("prior", 2.0), "lj13": ("lattice", 0.05),
+                 "lj55": ("lattice", 0.05)}
+# The prior of "prior" starts and of SMC: (kind, scale). Particle stds ~ the references' spread
+# (DW-4 1.8, LJ-13 0.68 per coordinate) or wider.
+PRIOR_DEFAULTS = {"gmm40": ("uniform", 45.0), "dw4": ("gaussian", 2.0), "lj13": ("gaussian", 1.0),
+                  "lj55": ("gaussian", 1.0)}
+INITS = ("prior", "lattice")
+# Quench after the start, before warm-up: (steps, learning rate, max move per coordinate) of a
+# displacement-capped gradient descent. DW-4's quartic wells make MALA reject forever from
+# Gaussian starts with stretched or collapsed pairs (gradients in the hundreds; MALA is not
+# geometrically ergodic for such tails, Roberts & Tweedie 1996); a short capped descent moves
+# every chain into a well first. Lattice LJ starts need none.
+QUENCH_DEFAULTS = {"dw4": (50, 0.05, 0.1)}
+QUENCH_FALLBACK = (0, 0.01, 0.1)
+
+
+def is_particle(target) -> bool:
+    return getattr(target, "n_particles", None) is not None
+
+
+class Prior:
+    """A normalised, analytic start/reference density (no target evaluations).
+
+    ``uniform``: U([-scale, scale]^dim); ``gaussian``: N(0, scale^2 I), on the mean-free subspace
+    for particle targets (density w.r.t. Lebesgue measure on the (N-1)·D-dimensional subspace,
+    the convention of ``metrics.density`` for log Z)."""
+
+    def __init__(self, target, kind: str, scale: float):
+        if kind not in ("uniform", "gaussian"):
+            raise ValueError(f"prior kind must be 'uniform' or 'gaussian', got {kind!r}")
+        if not scale > 0:
+            raise ValueError(f"prior scale must be > 0, got {scale!r}")
+        self.kind, self.scale, self.dim = kind, float(scale), int(target.dim)
+        self.project = target.remove_mean if is_particle(target) else None
+        self.d_eff = self.dim - (target.spatial_dim if is_particle(target) else 0)
+        if kind == "uniform" and self.project is not None:
+            raise ValueError(f"{target.name}: a uniform prior is not defined on the mean-free subspace")
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        if self.kind == "uniform":
+            return (2 * torch.rand(n, self.dim, generator=generator) - 1) * self.scale
+        z = torch.randn(n, self.dim, generator=generator)
+        return self.scale * (z if self.project is None else self.project(z))
+
+    def energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-log p0(x) ``[C]``, -∇log p0 ``[C, D]``); +inf outside the uniform box."""
+        if self.kind == "uniform":
+            inside = (x.abs() <= self.scale).all(-1)
+            e = torch.full(x.shape[:-1], self.dim * math.log(2 * self.scale), dtype=x.dtype)
+            return torch.where(inside, e, torch.full_like(e, math.inf)), torch.zeros_like(x)
+        s2 = self.scale ** 2
+        e = x.pow(2).sum(-1) / (2 * s2) + 0.5 * self.d_eff * math.log(2 * math.pi * s2)
+        return e, x / s2
+
+
+def prior_for(target, scale: float | None = None) -> Prior:
+    kind, default = PRIOR_DEFAULTS.get(target.name, ("gaussian", 1.0))
+    return Prior(target, kind, default if scale is None else scale)
+
+
+def _rotations(n: int, gen: torch.Generator) -> torch.Tensor:
+    """``[n, 3, 3]`` Haar-random rotations (QR of a Gaussian matrix with the sign fix)."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    return q * torch.det(q)[:, None, None]  # det -1 -> +1 (flips all columns; still Haar on SO(3))
+
+
+def lattice_start(target, n: int, jitter: float, gen: torch.Generator) -> torch.Tensor:
+    """``[n, dim]`` mean-free compact clusters: the N cubic-lattice sites (spacing 1) nearest a
+    uniformly random centre, randomly rotated, plus N(0, jitter^2) noise."""
+    npart, d = target.n_particles, target.spatial_dim
+    k = math.ceil((3 * npart) ** (1 / d)) + 1
+    grid = torch.stack(torch.meshgrid(*[torch.arange(-k, k + 1.0)] * d, indexing="ij"), -1).reshape(-1, d)
+    centres = torch.rand(n, 1, d, generator=gen)
+    near = (grid[None] - centres).norm(dim=-1).argsort(dim=1)[:, :npart]  # [n, N]
+    x = grid[near].double()
+    if d == 3:
+        x = x @ _rotations(n, gen).transpose(-1, -2)
+    x = x.float() + jitter * torch.randn(n, npart, d, generator=gen)
+    return target.remove_mean(x.reshape(n, -1))
+
+
+def quench(x: torch.Tensor, energy_and_grad, n_steps: int, lr: float, max_move: float,
+           project=None, allows=lambda n: True) -> tuple[torch.Tensor, int]:
+    """Up to ``n_steps`` of x <- x - clamp(lr ∇E(x), ±max_move) on ``[C, D]`` chains, each
+    costing C evaluations; stops early when ``allows(C)`` is False. Returns (x, steps done)."""
+    done = 0
+    for _ in range(n_steps):
+        if not allows(x.shape[0]):
+            break
+        _, g = energy_and_grad(x)
+        move = torch.nan_to_num(lr * g, nan=0.0).clamp(-max_move, max_move)
+        x = x - move if project is None else project(x - move)
+        done += 1
+    return x, done
+
+
+def initial_positions(target, n: int, init: str, scale: float, gen: torch.Generator) -> torch.Tensor:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "lattice":
+        if not is_particle(target):
+            raise ValueError(f"{target.name}: init 'lattice' needs a particle target")
+        return lattice_start(target, n, scale, gen)
+    return prior_for(target, scale).sample(n, gen)
+
+
+@dataclass
+class MCMCConfig:
+    """Shared MCMC settings. ``None`` = per-target default (STEP_DEFAULTS, INIT_DEFAULTS)."""
+
+    n_chains: int = 1024
+    step_size: float | None = None      # starting value if adapt, else fixed
+    adapt: bool = True                  # dual averaging during warm-up only, then frozen
+    target_accept: float | None = None  # None: kernel default (TARGET_ACCEPT)
+    warmup_fraction: float = 0.5
+    max_warmup_steps: int | None = 5000
+    thinning: int = 10
+    pool_size: int = 100_000            # most recent thinned states kept (FIFO)
+    n_leapfrog: int = 10                # HMC only
+    init: str | None = None             # "prior" | "lattice"
+    init_scale: float | None = None
+    quench_steps: int | None = None     # None: QUENCH_DEFAULTS (DW-4 50, others 0)
+
+
+@dataclass
+class RWMConfig(MCMCConfig):
+    adapt: bool = False  # the blog's tuned fixed proposal std
+
+
+class _MCMCSampler:
+    kernel: ClassVar[str]
+    has_log_prob: ClassVar[bool] = False
+    Config: ClassVar[type] = MCMCConfig
+
+    def __init__(self, config=None):
+        cfg = config if config is not None else self.Config()
+        if not isinstance(cfg, MCMCConfig):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, got {type(cfg).__name__}")
+        for f in ("n_chains", "thinning", "pool_size", "n_leapfrog"):
+            v = getattr(cfg, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.name}: config.{f} must be a positive int, got {v!r}")
+        for f in ("max_warmup_steps", "quench_steps"):
+            v = getattr(cfg, f)
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise ValueError(f"{self.name}: config.{f} must be an int >= 0 or None, got {v!r}")
+        if not 0 <= cfg.warmup_fraction < 1:
+            raise ValueError(f"{self.name}: config.warmup_fraction must be in [0, 1), got {cfg.warmup_fraction!r}")
+        for f in ("step_size", "init_scale"):
+            v = getattr(cfg, f)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{self.name}: config.{f} must be > 0 or None, got {v!r}")
+        if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
+            raise ValueError(f"{self.name}: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
+        if cfg.init is not None and cfg.init not in INITS:
+            raise ValueError(f"{self.name}: config.init must be one of {INITS} or None, got {cfg.init!r}")
+        self.config = cfg
+        self.pool: torch.Tensor | None = None
+        self.target = None
+
+    @classmethod
+    def tiny_config(cls, target):
+        """A configuration that fits and samples in well under a second (contract tests)."""
+        return cls.Config(n_chains=16, thinning=2, max_warmup_steps=5, n_leapfrog=3)
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:
+        if not isinstance(budget, Budget):
+            raise TypeError(f"{self.name}.fit: budget must be a Budget, got {type(budget).__name__}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"{self.name}.fit: generator must be a torch.Generator, got {type(generator).__name__}")
+        cfg, c = self.config, self.config.n_chains
+        self.target = target
+        clock = budget.start(target)
+        if not clock.allows(c):
+            raise ValueError(f"{self.name}: budget max_energy_evals={budget.max_energy_evals} is "
+                             f"below one evaluation of n_chains={c} chains; lower n_chains")
+        init, scale = INIT_DEFAULTS.get(target.name, ("prior", None))
+        init = cfg.init or init
+        scale = cfg.init_scale or scale or PRIOR_DEFAULTS.get(target.name, ("", 1.0))[1]
+        x0 = initial_positions(target, c, init, scale, generator)
+        n_q, lr, cap = QUENCH_DEFAULTS.get(target.name, QUENCH_FALLBACK)
+        n_q = n_q if cfg.quench_steps is None else cfg.quench_steps
+        project = target.remove_mean if is_particle(target) else None
+        # Keep room for the initial evaluation of the state after the quench.
+        x0, n_q = quench(x0, target.energy_and_grad, n_q, lr, cap, project,
+                         lambda n: clock.allows(n + c))
+        state = kernels.init(x0, target.energy_and_grad)
+        self._check(state, "initial state")
+        return self._run(target, state, budget, clock, generator,
+                         {"init": init, "init_scale": scale, "quench_steps": n_q})
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, dim]`` float32 states from the pool, without replacement when ``n`` <= pool size
+        (``fit`` info ``pool_size``), otherwise with replacement."""
+        if self.pool is None:
+            raise RuntimeError(f"{self.name}.sample: call fit first")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{self.name}.sample: n must be a positive int, got {n!r}")
+        m = self.pool.shape[0]
+        idx = (torch.randperm(m, generator=generator)[:n] if n <= m
+               else torch.randint(m, (n,), generator=generator))
+        x = self.pool[idx]
+        return (self.target.remove_mean(x) if is_particle(self.target) else x).float()
+
+    # ------------------------------------------------------------------ the loop
+    def _step(self, state, eg, h, gen, project):
+        if self.kernel == "hmc":
+            return kernels.hmc_step(state, eg, h, self.config.n_leapfrog, gen, project)
+        return getattr(kernels, f"{self.kernel}_step")(state, eg, h, gen, project)
+
+    def _check(self, state, what):
+        check_finite(state.energy, f"{self.name}: energy of the {what}")
+        check_finite(state.x, f"{self.name}: positions of the {what}")
+
+    def _plan_warmup(self, budget: Budget, cost: int) -> tuple[float, float]:
+        """(warm-up steps, warm-up seconds) from the budget; inf where that cap is absent."""
+        cfg = self.config
+        planned = math.inf
+        if budget.max_energy_evals is not None:
+            planned = (budget.max_energy_evals - self._spent) // cost
+        if budget.max_steps is not None:
+            planned = min(planned, budget.max_steps)
+        steps = math.ceil(cfg.warmup_fraction * planned) if planned < math.inf else math.inf
+        if cfg.max_warmup_steps is not None:
+            steps = min(steps, cfg.max_warmup_steps)
+        secs = cfg.warmup_fraction * budget.max_seconds if budget.max_seconds is not None else math.inf
+        if steps == math.inf and secs == math.inf:  # no cap to take a fraction of
+            steps = 1000
+        return steps, secs
+
+    def _run(self, target, state, budget, clock, gen, info) -> dict[str, Any]:
+        cfg = self.config
+        cost = cfg.n_chains * (cfg.n_leapfrog if self.kernel == "hmc" else 1)
+        project = target.remove_mean if is_particle(target) else None
+        h = cfg.step_size or STEP_DEFAULTS[self.kernel].get(target.name, FALLBACK_STEP[self.kernel])
+        accept_target = cfg.target_accept or TARGET_ACCEPT[self.kernel]
+        adapter = kernels.Adapter(h, accept_target) if cfg.adapt else None
+        self._spent = clock.energy_evals
+        warm_steps, warm_secs = self._plan_warmup(budget, cost)
+        if cfg.warmup_fraction == 0:
+            warm_steps = 0
+        pool = Pool(cfg.pool_size)
+        run = run_chains(state, lambda st, h_: self._step(st, target.energy_and_grad, h_, gen, project),
+                         h, clock, cost, pool, cfg.thinning, adapter, warm_steps, warm_secs,
+                         check=self._check)
+        state, h = run.pop("state"), run["step_size"]
+        if not pool.chunks:
+            pool.add(state.x)
+        self.pool = pool.tensor()
+        self.step_size = h
+        return {**info, **run, "adapted": adapter is not None, "target_accept": accept_target,
+                "n_chains": cfg.n_chains, "n_leapfrog": cfg.n_leapfrog if self.kernel == "hmc" else None,
+                "pool_size": int(self.pool.shape[0]), "pool_source": (
+                    "thinned post-warm-up states" if run["post_warmup_steps"] >= cfg.thinning
+                    else "final chain states (no post-warm-up draw)"),
+                "pool_note": "sample(n) draws without replacement if n <= pool_size, else with replacement",
+                "final_energy_mean": float(state.energy.mean()),
+                "energy_evals": clock.energy_evals, "seconds": clock.seconds}
+
+
+class Pool:
+    """FIFO store of thinned states ``[C, D]`` chunks, keeping the latest ``max_size`` rows."""
+
+    def __init__(self, max_size: int):
+        self.max_size, self.chunks, self.rows = int(max_size), [], 0
+
+    def add(self, x: torch.Tensor) -> None:
+        self.chunks.append(x.detach().float().clone())
+        self.rows += x.shape[0]
+        while self.rows - self.chunks[0].shape[0] >= self.max_size:
+            self.rows -= self.chunks.pop(0).shape[0]
+
+    def tensor(self) -> torch.Tensor:
+        return torch.cat(self.chunks)[-self.max_size:]
+
+
+def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, adapter=None,
+               warm_steps: float = 0, warm_secs: float = math.inf, check=None,
+               steps_done: int = 0) -> dict[str, Any]:
+    """The shared loop: ``state, acc = step_fn(state, h)`` while the budget allows ``cost`` more
+    evaluations. The first ``warm_steps`` steps (or ``warm_secs`` seconds) are warm-up: ``adapter``
+    (if any) updates h after each, and at the end h is frozen at ``adapter.final()``. Afterwards
+    every ``thinning``-th state goes into ``pool``. ``steps_done`` steps spent before this loop
+    count toward ``Budget.max_steps``. Returns the final state, step size and counts."""
+    step, warmup_done, post = 0, 0, 0
+    warming = warm_steps > 0
+    accepted = torch.zeros(state.x.shape[0])
+    while not clock.exhausted(steps_done + step) and clock.allows(cost):
+        state, acc = step_fn(state, h)
+        step += 1
+        if check is not None:
+            check(state, f"chains after step {step}")
+        if warming:
+            if adapter is not None:
+                h = adapter.update(float(acc.float().mean()))
+            if step >= warm_steps or clock.seconds >= warm_secs:
+                warming, warmup_done = False, step
+                h = adapter.final() if adapter is not None else h
+            continue
+        post += 1
+        accepted += acc.float()
+        if post % thinning == 0:
+            pool.add(state.x)
+    if warming:  # the budget ended inside warm-up: freeze what adaptation reached
+        warmup_done = step
+        h = adapter.final() if adapter is not None else h
+    return {"state": state, "steps": step, "warmup_steps": warmup_done, "post_warmup_steps": post,
+            "step_size": h, "acceptance": float(accepted.mean() / post) if post else None,
+            "acceptance_min_chain": float(accepted.min() / post) if post else None}
+
+
+@register
+class MALA(_MCMCSampler):
+    name = "mala"
+    pretty_name = "MALA"
+    kernel = "mala"
+
+
+@register
+class HMC(_MCMCSampler):
+    name = "hmc"
+    pretty_name = "HMC"
+    kernel = "hmc"
+
+
+@register
+class RWM(_MCMCSampler):
+    name = "rwm"
+    pretty_name = "MCMC (RWM)"
+    kernel = "rwm"
+    Config = RWMConfig

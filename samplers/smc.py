@@ -1,0 +1,229 @@
+"""Annealed SMC (``smc``): a particle population moved from a prior p0 to the target with
+log-linear tempering, π_β ∝ p0^(1-β) p̃^β, β from 0 to 1, and a log Z estimate.
+
+Each iteration (Del Moral, Doucet & Jasra 2006; adaptive tempering as Jasra et al. 2011):
+
+1. choose the next β' by bisection so that the conditional ESS (Zhou, Johansen & Aston 2016) of
+   the incremental weights w_i = exp(-(β' - β)(E1(x_i) - E0(x_i))) is ``cess_fraction · C``
+   (β' = 1 once that is possible); E1 = target energy, E0 = -log p0. This needs no new
+   target evaluations: E1 at the current particles is known;
+2. reweight, log Z += log Σ_i W_i w_i (W normalised), resample (systematic) when the ESS falls
+   below ``resample_threshold · C`` and always at β = 1;
+3. move: ``steps_per_temp`` MALA or RWM steps (:mod:`samplers.kernels`) that leave π_β' invariant.
+   The step size follows a Robbins-Monro update log h += (acceptance - target) after each move,
+   using the population's mean acceptance (adaptive SMC; h is frozen once β = 1).
+
+After β = 1, the remaining budget runs the chains as plain MCMC at the target with the frozen
+step size and thinned states go to the sample pool (the blog baseline: an SMC warm-up, reference-
+idem.md §1.1 A, then long MCMC). If the budget ends before β = 1, the population jumps to β = 1 by
+one final reweighting and resampling (no evaluations needed; ``schedule_truncated`` in the info).
+
+log Z: the product of the weight means is an unbiased estimate of Z (the log is biased low by
+about Var/2). Priors (:func:`samplers.mcmc.prior_for`): GMM-40 U([-45, 45]^2) (the blog's);
+particles a mean-free Gaussian, so Z is the integral of exp(-E) over the mean-free subspace.
+A step (``Budget.max_steps``) is one move of all chains, costing C evaluations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from . import kernels, register
+from .base import Budget, Diverged, check_finite
+from .mcmc import (FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, is_particle, prior_for,
+                   run_chains)
+
+SMC_KERNELS = ("mala", "rwm")
+
+
+@dataclass
+class SMCConfig:
+    n_chains: int = 1024
+    kernel: str = "mala"                # "mala" | "rwm"
+    step_size: float | None = None      # starting value; None: samplers.mcmc.STEP_DEFAULTS
+    adapt: bool = True
+    target_accept: float | None = None  # None: 0.574 (MALA), 0.234 (RWM)
+    steps_per_temp: int = 10
+    cess_fraction: float = 0.5
+    resample_threshold: float = 0.5
+    max_temps: int = 10_000
+    prior_scale: float | None = None    # None: samplers.mcmc.PRIOR_DEFAULTS
+    continue_mcmc: bool = True          # after β = 1, spend the rest of the budget on MCMC
+    thinning: int = 10
+    pool_size: int = 100_000
+
+
+class _Tempered:
+    """energy_and_grad of π_β: U = (1-β) E0 + β E1 (exactly E1 at β = 1). Remembers the
+    components at the last evaluated points so accepted moves keep E0, E1 without re-evaluation
+    (every kernel's last call is at its proposal)."""
+
+    def __init__(self, prior, target, beta: float):
+        self.prior, self.target, self.beta = prior, target, beta
+
+    def __call__(self, x):
+        e1, g1 = self.target.energy_and_grad(x)
+        e0, g0 = self.prior.energy_and_grad(x)
+        self.last = (e0, g0, e1, g1)
+        return combine(self.beta, e0, g0, e1, g1)
+
+
+def combine(beta, e0, g0, e1, g1):
+    if beta >= 1.0:
+        return e1, g1
+    # (1-β)·inf = inf outside a uniform prior's box, and 0·inf must not become NaN at β = 0.
+    e = torch.where(torch.isinf(e0), e0, (1 - beta) * e0) + (beta * e1 if beta > 0 else 0.0)
+    return e, (1 - beta) * g0 + beta * g1
+
+
+def next_beta(beta: float, log_w: torch.Tensor, delta_e: torch.Tensor, target_cess: float) -> float:
+    """The largest β' in (β, 1] with conditional ESS fraction >= ``target_cess`` (bisection).
+    ``log_w`` ``[C]`` current log-weights, ``delta_e`` = E1 - E0 ``[C]``."""
+    lw = torch.log_softmax(log_w.double(), 0)
+    de = delta_e.double()
+
+    def cess(b):
+        inc = torch.where(torch.isfinite(de), -(b - beta) * de, torch.full_like(de, -math.inf))
+        num = 2 * torch.logsumexp(lw + inc, 0)
+        den = torch.logsumexp(lw + 2 * inc, 0)
+        return float((num - den).exp()) if torch.isfinite(den) else 0.0
+
+    if cess(1.0) >= target_cess:
+        return 1.0
+    lo, hi = beta, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cess(mid) >= target_cess else (lo, mid)
+    return max(lo, beta + 1e-12)
+
+
+@register
+class SMC:
+    name = "smc"
+    pretty_name = "SMC"
+    has_log_prob: ClassVar[bool] = False
+    Config: ClassVar[type] = SMCConfig
+
+    def __init__(self, config: SMCConfig | None = None):
+        cfg = config if config is not None else SMCConfig()
+        if not isinstance(cfg, SMCConfig):
+            raise TypeError(f"smc: config must be a SMCConfig, got {type(cfg).__name__}")
+        for f in ("n_chains", "steps_per_temp", "max_temps", "thinning", "pool_size"):
+            v = getattr(cfg, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"smc: config.{f} must be a positive int, got {v!r}")
+        if cfg.kernel not in SMC_KERNELS:
+            raise ValueError(f"smc: config.kernel must be one of {SMC_KERNELS}, got {cfg.kernel!r}")
+        for f in ("cess_fraction", "resample_threshold"):
+            if not 0 < getattr(cfg, f) < 1:
+                raise ValueError(f"smc: config.{f} must be in (0, 1), got {getattr(cfg, f)!r}")
+        for f in ("step_size", "prior_scale"):
+            v = getattr(cfg, f)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"smc: config.{f} must be > 0 or None, got {v!r}")
+        if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
+            raise ValueError(f"smc: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
+        self.config = cfg
+        self.pool = None
+        self.target = None
+
+    @classmethod
+    def tiny_config(cls, target):
+        """Fits and samples in well under a second (contract tests)."""
+        return SMCConfig(n_chains=16, steps_per_temp=2, max_temps=5, thinning=2)
+
+    def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:
+        if not isinstance(budget, Budget):
+            raise TypeError(f"smc.fit: budget must be a Budget, got {type(budget).__name__}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"smc.fit: generator must be a torch.Generator, got {type(generator).__name__}")
+        cfg, c, gen = self.config, self.config.n_chains, generator
+        self.target = target
+        clock = budget.start(target)
+        if not clock.allows(c):
+            raise ValueError(f"smc: budget max_energy_evals={budget.max_energy_evals} is below one "
+                             f"evaluation of n_chains={c} particles; lower n_chains")
+        prior = prior_for(target, cfg.prior_scale)
+        project = target.remove_mean if is_particle(target) else None
+        step_fn = getattr(kernels, f"{cfg.kernel}_step")
+        h = cfg.step_size or STEP_DEFAULTS[cfg.kernel].get(target.name, FALLBACK_STEP[cfg.kernel])
+        accept_target = cfg.target_accept or TARGET_ACCEPT[cfg.kernel]
+
+        x = prior.sample(c, gen)
+        e1, g1 = target.energy_and_grad(x)
+        e0, g0 = prior.energy_and_grad(x)
+        if torch.isnan(e1).any() or not torch.isfinite(e1).any():
+            raise Diverged("smc: target energies of the prior draws are NaN or all infinite")
+        log_w, log_z, beta, temps, steps, truncated = torch.zeros(c, dtype=torch.float64), 0.0, 0.0, 0, 0, False
+        accs, min_ess = [], 1.0
+        while beta < 1.0:
+            budget_left = (not clock.exhausted(steps) and clock.allows(cfg.steps_per_temp * c)
+                           and temps < cfg.max_temps)
+            new_beta = next_beta(beta, log_w, e1 - e0, cfg.cess_fraction) if budget_left else 1.0
+            truncated = truncated or not budget_left
+            de = (e1 - e0).double()
+            inc = torch.where(torch.isfinite(de), -(new_beta - beta) * de, torch.full_like(de, -math.inf))
+            log_z += float(torch.logsumexp(torch.log_softmax(log_w, 0) + inc, 0))
+            log_w, beta, temps = log_w + inc, new_beta, temps + 1
+            if not math.isfinite(log_z):
+                raise Diverged(f"smc: every particle has weight 0 at beta={beta:.3g}")
+            ess = float(kernels.log_ess(log_w).exp()) / c
+            min_ess = min(min_ess, ess)
+            if ess < cfg.resample_threshold or beta >= 1.0:
+                idx = kernels.systematic_resample(log_w, gen)
+                x, e0, g0, e1, g1 = x[idx], e0[idx], g0[idx], e1[idx], g1[idx]
+                log_w = torch.zeros(c, dtype=torch.float64)
+            if truncated:
+                break
+            tempered = _Tempered(prior, target, beta)
+            state = kernels.State(x, *combine(beta, e0, g0, e1, g1))
+            for _ in range(cfg.steps_per_temp):
+                if clock.exhausted(steps) or not clock.allows(c):
+                    break
+                state, acc = step_fn(state, tempered, h, gen, project)
+                steps += 1
+                a = acc[:, None]
+                p0, pg0, p1, pg1 = tempered.last
+                e0, e1 = torch.where(acc, p0, e0), torch.where(acc, p1, e1)
+                g0, g1 = torch.where(a, pg0, g0), torch.where(a, pg1, g1)
+                accs.append(float(acc.float().mean()))
+                if cfg.adapt:
+                    h *= math.exp(accs[-1] - accept_target)
+            x = state.x
+            check_finite(x, "smc: particle positions")
+        # β = 1: plain MCMC with the frozen step size; the population is the first pool entry.
+        pool = Pool(cfg.pool_size)
+        pool.add(x)
+        state = kernels.State(x, e1, g1)
+        run = {"steps": 0, "post_warmup_steps": 0, "acceptance": None}
+        if cfg.continue_mcmc:
+            run = run_chains(state, lambda st, h_: step_fn(st, target.energy_and_grad, h_, gen, project),
+                             h, clock, c, pool, cfg.thinning, steps_done=steps)
+            state = run.pop("state")
+        check_finite(state.energy, "smc: energies")
+        self.pool = pool.tensor()
+        return {"log_Z": log_z, "n_temps": temps, "schedule_truncated": truncated,
+                "smc_steps": steps, "steps": steps + run["steps"], "mcmc_steps": run["steps"],
+                "smc_acceptance_last": accs[-1] if accs else None, "mcmc_acceptance": run["acceptance"],
+                "min_ess_fraction": min_ess, "step_size": h, "kernel": cfg.kernel,
+                "prior": f"{prior.kind}({prior.scale:g})", "n_chains": c,
+                "pool_size": int(self.pool.shape[0]),
+                "pool_note": "final SMC population + thinned MCMC states at beta=1; sample(n) draws "
+                             "without replacement if n <= pool_size, else with replacement",
+                "final_energy_mean": float(state.energy.mean()),
+                "energy_evals": clock.energy_evals, "seconds": clock.seconds}
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, dim]`` float32 draws from the pool (without replacement when ``n`` <= pool size)."""
+        if self.pool is None:
+            raise RuntimeError("smc.sample: call fit first")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"smc.sample: n must be a positive int, got {n!r}")
+        m = self.pool.shape[0]
+        idx = (torch.randperm(m, generator=generator)[:n] if n <= m
+               else torch.randint(m, (n,), generator=generator))
+        x = self.pool[idx]
+        return (self.target.remove_mean(x) if is_particle(self.target) else x).float()
