@@ -11,6 +11,9 @@ Seeds: the cell seed is a stable hash of (base seed, target, sampler, seed index
 salted ``hash()`` — so a cell draws the same numbers in any process. ``fit`` gets a generator seeded
 with the cell seed, ``sample`` one seeded with a second hash of it.
 
+Wall limit: with ``timeout_s`` set (local and debug launchers: ``timeout_min``), SIGALRM ends
+the cell with status ``timeout``; SLURM jobs have their own limit (``slurm.timeout_min``).
+
 Skipping: a sampler that cannot handle a target says so with a ``supports(target)`` class method
 returning False or a reason string, or by raising ``NotImplementedError`` in ``fit``.
 """
@@ -21,7 +24,9 @@ import hashlib
 import io
 import json
 import math
+import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -70,6 +75,7 @@ class CellSpec:
     threads: int = 1
     profile: str = ""
     plugins: tuple = ()
+    timeout_s: float | None = None  # wall limit of the cell (SIGALRM); not part of its key
 
     @property
     def cell_seed(self) -> int:
@@ -133,7 +139,14 @@ def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
     torch.set_num_threads(spec.threads)
     live = live if live is not None else {}
     try:
-        _run(spec, row, live)
+        previous = _arm(spec.timeout_s)
+        try:
+            _run(spec, row, live)
+        finally:
+            _disarm(previous)
+    except CellTimeout:
+        row.update(status="timeout", reason=f"the cell ran past its wall limit "
+                                            f"({spec.timeout_s / 60:g} min, timeout_min)")
     except samplers.Diverged as exc:
         row.update(status="diverged", reason=str(exc))
     except NotImplementedError as exc:
@@ -156,6 +169,30 @@ def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
         raise
     _finish(spec, row, threads, live)
     return row
+
+
+class CellTimeout(BaseException):
+    """Raised by SIGALRM when a cell passes ``timeout_s``. A BaseException, so that a sampler's
+    ``except Exception`` cannot swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise CellTimeout
+
+
+def _arm(timeout_s: float | None):
+    """Start the cell's wall clock (main thread only; signals cannot be set elsewhere)."""
+    if not timeout_s or threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    return previous
+
+
+def _disarm(previous) -> None:
+    if previous is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _finish(spec: CellSpec, row: dict, threads: int, live: dict) -> None:

@@ -62,14 +62,16 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def build_specs(grid: cfgmod.Grid) -> list[CellSpec]:
+def build_specs(grid: cfgmod.Grid, launcher: str = "local") -> list[CellSpec]:
     fingerprints = {t: targets.get(t).fingerprint for t in grid.targets}
     out = str(Path(grid.out).resolve())
+    timeout_s = None if launcher == "slurm" else 60.0 * grid.config.timeout_min
     return [CellSpec(target=t, target_fingerprint=fingerprints[t], sampler=s, seed=seed,
                      base_seed=grid.config.base_seed,
                      sampler_config=grid.sampler_configs[(s, t)], budget=grid.budgets[t],
                      n_eval=grid.n_eval, metric_options=grid.metric_options, out=out,
-                     threads=grid.config.threads, profile=grid.profile_name, plugins=grid.plugins)
+                     threads=grid.config.threads, profile=grid.profile_name, plugins=grid.plugins,
+                     timeout_s=timeout_s)
             for t in grid.targets for s in grid.samplers for seed in grid.seeds]
 
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if launcher == "slurm" and not (shutil.which("srun") and shutil.which("sbatch")):
             raise cfgmod.ConfigError("launcher: got 'slurm' but srun/sbatch are not on the PATH; "
                                      "use launcher=local (or auto) on a machine without SLURM")
-        specs = build_specs(grid)
+        specs = build_specs(grid, launcher)
     except cfgmod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

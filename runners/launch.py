@@ -1,7 +1,8 @@
 """Dispatching cells through submitit: debug (in-process), local subprocesses, SLURM job arrays.
 
-Cells are packed into batches (``slurm.cells_per_job`` on SLURM, one per job elsewhere); a batch
-is run by :class:`CellBatch`, a ``submitit.helpers.Checkpointable``: when SLURM (or the local
+Locally, ``workers`` long-lived jobs share the cell list through claim files; on SLURM, cells
+are packed into a job array (``slurm.cells_per_job`` per task). A list of cells is run by
+:class:`CellBatch`, a ``submitit.helpers.Checkpointable``: when SLURM (or the local
 controller) signals a timeout or preemption, ``checkpoint`` saves the running sampler's state if
 it has ``state_dict`` and resubmits the same batch; on restart, cells whose row is already
 finished are skipped and the interrupted one resumes from its checkpoint (or restarts cleanly).
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import submitit
@@ -30,30 +32,67 @@ POLL_S = 0.5
 
 
 class CellBatch(submitit.helpers.Checkpointable):
-    """Runs a list of cells one after another; checkpointable for requeue."""
+    """Runs a list of cells one after another; checkpointable for requeue.
 
-    def __init__(self) -> None:
+    With ``claim`` set (local workers) several CellBatch jobs share one list: each cell is run by
+    the worker that first creates its claim file ``.claim-<claim>`` (``O_EXCL``, atomic), so
+    ``workers`` long-lived processes drain the grid without importing torch once per cell. A
+    worker stops taking cells when the grid process ``parent_pid`` is gone (SIGKILL).
+    """
+
+    def __init__(self, claim: str | None = None, parent_pid: int | None = None) -> None:
+        self.claim, self.parent_pid = claim, parent_pid
         self._live: dict = {}
 
     def __call__(self, specs: list[CellSpec]) -> list[dict]:
         out = []
         for spec in specs:
             row = rows.read_row(spec.dir)
-            if row is not None and row["status"] in rows.FINISHED:
+            if row is not None and row["status"] in rows.FINISHED and self.claim is None:
                 out.append(row)  # done before a requeue
                 continue
+            if self.claim is not None:
+                if not _alive(self.parent_pid):
+                    break
+                if not self._take(spec):
+                    continue
             out.append(run_cell(spec, live=self._live))
         return out
+
+    def _take(self, spec: CellSpec) -> bool:
+        spec.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(spec.dir / f".claim-{self.claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:  # which worker (and its log) took the cell
+            try:
+                f.write(str(submitit.JobEnvironment().paths.stderr))
+            except Exception:  # noqa: BLE001 - outside a submitit job
+                f.write("")
+        return True
 
     def checkpoint(self, specs: list[CellSpec]) -> DelayedSubmission:
         try:
             save_checkpoint(self._live)
         except Exception as exc:  # noqa: BLE001 - a failed save must not block the requeue
             print(f"[cell] checkpoint not saved: {exc}", file=sys.stderr)
-        return DelayedSubmission(CellBatch(), specs)
+        return DelayedSubmission(CellBatch(self.claim, self.parent_pid), specs)
 
     def __getstate__(self) -> dict:
-        return {"_live": {}}  # the live sampler is never pickled
+        return {"claim": self.claim, "parent_pid": self.parent_pid, "_live": {}}  # no live sampler
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve_launcher(name: str) -> str:
@@ -75,7 +114,7 @@ def resolve_launcher(name: str) -> str:
     return "slurm"
 
 
-def make_executor(launcher: str, folder: Path, cfg) -> submitit.Executor:
+def make_executor(launcher: str, folder: Path, cfg, n_cells: int = 1) -> submitit.Executor:
     if launcher == "slurm":
         s = cfg.slurm
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
@@ -91,11 +130,12 @@ def make_executor(launcher: str, folder: Path, cfg) -> submitit.Executor:
         ex.update_parameters(**params)
         return ex
     if launcher == "local":
-        # A local wall limit stops a runaway cell: no requeue (max_num_timeout=0), the cell is
-        # recorded as timeout. LocalExecutor itself takes fractional minutes and the signal delay.
+        # No requeue locally (max_num_timeout=0): a timeout there is a runaway, not a preemption.
+        # Cells time themselves out (CellSpec.timeout_s); the job limit is a safety net for a
+        # worker that may run every cell.
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
-        ex.update_parameters(timeout_min=float(cfg.timeout_min),
-                             signal_delay_s=int(min(30, 6 * cfg.timeout_min)), **_local_gpus())
+        ex.update_parameters(timeout_min=float(cfg.timeout_min) * n_cells + 1,
+                             signal_delay_s=30, **_local_gpus())
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
     return ex
@@ -160,57 +200,113 @@ def _hms(s: float) -> str:
 
 def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Progress,
              counts: dict[str, int]) -> list[dict]:
-    """Run ``specs``; returns their rows (written by the cells or, for dead jobs, here)."""
+    """Run ``specs``; returns their rows (written by the cells or, for dead jobs, here).
+
+    local: ``workers`` worker jobs share the whole list (claims); slurm: one job array of packs
+    of ``slurm.cells_per_job``; debug: one cell at a time in-process. Progress counts the rows
+    that appear on disk, so cells finished inside a still-running job are counted too.
+    """
     if not specs:
         return []
-    folder = out / "logs"
-    executor = make_executor(launcher, folder, cfg)
-    size = cfg.slurm.cells_per_job if launcher == "slurm" else 1
-    queue = batches(specs, size)
-    window = {"debug": 1, "local": _workers(cfg), "slurm": len(queue)}[launcher]
-    pending: list = []  # (job, batch, submitted_at)
+    t0 = time.time()
+    executor = make_executor(launcher, out / "logs", cfg, n_cells=len(specs))
+    tag = None
+    if launcher == "local":
+        tag = uuid.uuid4().hex[:10]
+        worker = CellBatch(claim=tag, parent_pid=os.getpid())
+        jobs, queue = [], []
+    elif launcher == "slurm":
+        packs = batches(specs, cfg.slurm.cells_per_job)
+        jobs = list(zip(executor.map_array(CellBatch(), packs), packs))
+        queue = []
+    else:
+        jobs, queue = [], batches(specs, 1)
     results: dict[str, dict] = {}
 
-    def submit_more():
-        n = min(window - len(pending), len(queue))
-        if n <= 0:
-            return
-        todo = [queue.pop(0) for _ in range(n)]
-        if launcher == "slurm":
-            jobs = executor.map_array(CellBatch(), todo)
-        else:
-            jobs = [executor.submit(CellBatch(), b) for b in todo]
-        now = time.time()
-        pending.extend((j, b, now) for j, b in zip(jobs, todo))
+    def harvest():
+        for spec in specs:
+            if spec.key not in results:
+                row = _fresh_row(spec, t0)
+                if row is not None:
+                    results[spec.key] = row
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
 
     try:
-        submit_more()
-        while pending:
+        while True:
+            if launcher == "debug" and not jobs and queue:
+                batch = queue.pop(0)
+                jobs.append((executor.submit(CellBatch(), batch), batch))
             still = []
-            for job, batch, t_sub in pending:
+            for job, batch in jobs:
                 if launcher != "debug" and not job.done():
-                    still.append((job, batch, t_sub))
+                    still.append((job, batch))
                     continue
-                for row in _collect_job(job, batch, launcher, cfg, t_sub):
-                    results[row["cell_key"]] = row
-                    counts[row["status"]] = counts.get(row["status"], 0) + 1
-            pending[:] = still
-            submit_more()
-            progress.show(counts, _running(pending, launcher),
-                          partial=_rows_in_flight(pending) if size > 1 else 0)
-            if pending:
-                time.sleep(POLL_S)
+                try:
+                    _result(job, launcher)
+                except Exception as exc:  # noqa: BLE001 - the job died; its cells get rows here
+                    harvest()
+                    for spec in batch:
+                        if spec.key not in results and (tag is None or _claimed(spec, tag)):
+                            _dead_row(spec, job, exc, launcher, cfg, t0, tag)
+            jobs[:] = still
+            if launcher == "local":  # start workers, and replace any that died mid-grid
+                free = sum(1 for sp in specs if sp.key not in results and not _claimed(sp, tag))
+                for _ in range(min(_workers(cfg), free) - len(jobs)):
+                    jobs.append((executor.submit(worker, specs), specs))
+            harvest()
+            progress.show(counts, _running(jobs, launcher, specs, results, tag))
+            if not jobs and not queue:
+                break
+            time.sleep(POLL_S if launcher != "debug" else 0)
     except KeyboardInterrupt:
         # Ctrl-C / SIGTERM: stop local cell processes (their rows are not written, the cells
         # rerun next time); SLURM jobs are left to finish and can be collected later.
         if launcher == "local":
-            _stop_local([job for job, _, _ in pending])
-        elif launcher == "slurm" and pending:
-            print(f"\n[grid] {len(pending)} SLURM job(s) keep running; re-run the command "
+            _stop_local([job for job, _ in jobs])
+        elif launcher == "slurm" and jobs:
+            print(f"\n[grid] {len(jobs)} SLURM job(s) keep running; re-run the command "
                   f"later to collect them, or scancel them", file=sys.stderr)
         raise
+    finally:
+        if tag is not None:
+            for spec in specs:
+                (spec.dir / f".claim-{tag}").unlink(missing_ok=True)
+    for spec in specs:  # every worker stopped but some cells were never taken
+        if spec.key not in results:
+            row = base_row(spec)
+            row.update(reason="not run: every job of the grid ended before this cell "
+                              f"(see {out / 'logs'})", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            rows.write_json(spec.dir / rows.ROW_FILE, row)
+            results[spec.key] = row
+            counts["error"] = counts.get("error", 0) + 1
     progress.show(counts, 0, final=True)
-    return [results[s.key] for s in specs if s.key in results]
+    return [results[s.key] for s in specs]
+
+
+def _result(job, launcher: str):
+    """The job's result. A local process that died leaves no result file: say so at once, rather
+    than through ``job.result()``, which waits 15 s for files on slow network file systems."""
+    if launcher == "local" and not job.paths.result_pickle.exists():
+        log = job.paths.stderr
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+        raise RuntimeError(f"the cell process exited without a result ({job.state}); "
+                           f"last log lines: {' | '.join(tail) or '(none)'}")
+    return job.result()
+
+
+def _fresh_row(spec: CellSpec, t0: float) -> dict | None:
+    """The cell's row if it was written during this dispatch."""
+    path = spec.dir / rows.ROW_FILE
+    try:
+        if path.stat().st_mtime < t0 - 1:
+            return None
+    except OSError:
+        return None
+    return rows.read_row(path)
+
+
+def _claimed(spec: CellSpec, tag: str) -> bool:
+    return (spec.dir / f".claim-{tag}").is_file()
 
 
 def _stop_local(jobs: list) -> None:
@@ -230,39 +326,25 @@ def _workers(cfg) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, cfg.threads))
 
 
-def _rows_in_flight(pending: list) -> int:
-    n = 0
-    for _, batch, t_sub in pending:
-        for spec in batch:
-            path = spec.dir / rows.ROW_FILE
-            n += path.is_file() and path.stat().st_mtime >= t_sub - 1
-    return n
+def _running(jobs: list, launcher: str, specs, results, tag) -> int:
+    """Cells running now: local, claimed without a row; slurm, array tasks in RUNNING."""
+    if launcher == "local":
+        return sum(1 for s in specs if s.key not in results and _claimed(s, tag))
+    if launcher == "slurm":
+        return sum(1 for job, _ in jobs if job.state in ("RUNNING", "COMPLETING"))
+    return len(jobs)
 
 
-def _running(pending: list, launcher: str) -> int:
-    if launcher != "slurm":
-        return len(pending)
-    return sum(1 for job, _, _ in pending if job.state in ("RUNNING", "COMPLETING"))
-
-
-def _collect_job(job, batch: list[CellSpec], launcher: str, cfg, t_sub: float) -> list[dict]:
-    try:
-        out = job.result()
-        return list(out)
-    except Exception as exc:  # noqa: BLE001 - the job died; its cells get rows from here
-        return [_dead_row(spec, job, exc, launcher, cfg, t_sub) for spec in batch]
-
-
-def _dead_row(spec: CellSpec, job, exc: Exception, launcher: str, cfg, t_sub: float) -> dict:
-    row = rows.read_row(spec.dir)
-    path = spec.dir / rows.ROW_FILE
-    if row is not None and path.stat().st_mtime >= t_sub - 1:
-        return row  # the cell wrote its row (this run) before the job died
+def _dead_row(spec: CellSpec, job, exc: Exception, launcher: str, cfg, t0: float,
+              tag: str | None = None) -> dict:
+    """Row for a cell whose job died before the cell wrote one (error, or timeout when the job
+    hit its wall limit), naming the job's log."""
     text = str(exc)
     limit_s = 60 * (cfg.slurm.timeout_min if launcher == "slurm" else cfg.timeout_min)
-    timed_out = "TIMEOUT" in text.upper() or "TIMED-OUT" in text.upper() or \
-        (time.time() - t_sub) >= 0.97 * limit_s
+    timed_out = "TIMEOUT" in text.upper() or "TIMED-OUT" in text.upper()
     log = str(getattr(getattr(job, "paths", None), "stderr", ""))
+    if tag is not None:
+        log = (spec.dir / f".claim-{tag}").read_text() or log
     row = base_row(spec)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     row.update(status="timeout" if timed_out else "error", job_id=str(job.job_id), log=log,

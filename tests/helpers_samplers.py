@@ -6,6 +6,7 @@ in ``samplers=all``; grid subprocesses load them through ``BOLTZBENCH_PLUGINS=<t
   (``sleep_s``) and appending one line per fit to ``<count_dir>/<target>-<seed>.runs``.
 * ``t_diverge``: raises ``Diverged`` in fit (``where="fit"``) or returns NaN samples.
 * ``t_crash``: raises RuntimeError in fit (status ``error`` with a traceback).
+* ``t_exit``: kills its own process in fit (a worker dying mid-grid).
 * ``t_ckpt``: like t_gauss but with ``state_dict``/``load_state_dict`` (steps done so far).
 
 Also the fixtures the grid/collect/evaluate tests share (``test_samplers``, ``tiny_profile``).
@@ -103,6 +104,16 @@ class TCrash(TDiverge):
         raise RuntimeError("boom: deliberately broken sampler")
 
 
+class TExit(TDiverge):
+    """Kills its own process in fit (as a segfault or the OOM killer would)."""
+
+    name = "t_exit"
+    pretty_name = "TestExit"
+
+    def fit(self, target, budget, generator):
+        os._exit(3)
+
+
 class TCkpt(TGauss):
     name = "t_ckpt"
     pretty_name = "TestCkpt"
@@ -121,14 +132,14 @@ class TCkpt(TGauss):
 # module for its fixtures: register only inside the `test_samplers` fixture, so that other
 # helpers' registry-driven tests never see these samplers.
 if "pytest" not in sys.modules:
-    for _cls in (TGauss, TDiverge, TCrash, TCkpt):
+    for _cls in (TGauss, TDiverge, TCrash, TCkpt, TExit):
         if _cls.name not in samplers.names():
             samplers.register(_cls)
 
 
 # ------------------------------------------------------------------------- fixtures for the tests
 HELPERS = Path(__file__).resolve()
-TEST_SAMPLERS = ("t_gauss", "t_diverge", "t_crash", "t_ckpt")
+TEST_SAMPLERS = ("t_gauss", "t_diverge", "t_crash", "t_ckpt", "t_exit")
 
 TINY = """
 seeds: 1
@@ -153,7 +164,7 @@ if pytest is not None:
         """Registers the test-only samplers for one test (and for its subprocesses through
         $BOLTZBENCH_PLUGINS), then removes them so other tests' registry loops never see them."""
         monkeypatch.setenv("BOLTZBENCH_PLUGINS", str(HELPERS))
-        for cls in (TGauss, TDiverge, TCrash, TCkpt):
+        for cls in (TGauss, TDiverge, TCrash, TCkpt, TExit):
             if cls.name not in samplers.names():
                 samplers.register(cls)
         sys.modules.setdefault(HELPERS.stem, sys.modules[__name__])
