@@ -115,7 +115,8 @@ class IDEM:
         if mode == "estimator":
             # Official GMM start: reverse SDE driven by the clipped MC estimator itself.
             def score(t, x):
-                return mc_score(x, self.schedule.h(t), self.space.energy_and_grad, c.n_mc, g,
+                h = self.schedule.h(t).expand(x.shape[0])      # t is [1] in the SDE
+                return mc_score(x, h, self.space.energy_and_grad, c.n_mc, g,
                                 clip=c.score_clip or None, group=self.space.clip_group,
                                 chunk=c.estimator_chunk)
             x = self._sde(score, c.n_init, g)

@@ -196,6 +196,14 @@ def test_dense_egnn_equals_edge_list_formulation(layers):
         assert torch.allclose(net(t, x), ref, atol=1e-10)
 
 
+def test_a_shared_time_gives_the_same_output_as_a_per_sample_time():
+    g = torch.Generator().manual_seed(4)
+    for net, dim in ((build_network("mlp", 2, None, 32, 2, g), 2), (_egnn(4, 2).float(), 8)):
+        x = torch.randn(5, dim, generator=g)
+        assert torch.allclose(net(torch.full((1,), 0.3), x), net(torch.full((5,), 0.3), x),
+                              atol=1e-6)
+
+
 def test_official_sizes_and_init():
     g = torch.Generator().manual_seed(0)
     mlp = build_network("mlp", 2, None, 128, 3, g)
@@ -221,8 +229,9 @@ def test_reverse_sde_with_exact_score_recovers_the_gaussian():
     n, var = 10000, 0.5
     x = torch.randn(n, 2, generator=g) * s.prior_std
 
-    def score(t, y):
-        return -y / (var + s.h(t))[:, None]
+    def score(t, y):  # t: [1], one time for the batch
+        assert t.shape == (1,)
+        return -y / (var + s.h(t))
 
     y = reverse_sde(score, x, s, 1000, 1.0, g)
     assert y.var(0).sub(var).abs().max() < 0.03      # s.e. of a variance at n=10000: ~0.007

@@ -21,7 +21,8 @@ import torch
 from .estimator import clip_norm
 from .schedule import GeometricSchedule
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (t [B], x [B, dim]) -> [B, dim]
+# (t [1] shared by the batch, x [B, dim]) -> [B, dim]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Project = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -30,13 +31,13 @@ def reverse_sde(score: ScoreFn, x: torch.Tensor, schedule: GeometricSchedule, n_
                 project: Project | None = None) -> torch.Tensor:
     """Integrate from ``x [B, dim]`` (prior samples at t = 1) to t = 0; returns ``[B, dim]``.
 
-    ``score`` is called under ``torch.no_grad`` once per step; ``generator`` must live on
-    ``x``'s device."""
+    ``score(t, x)`` is called under ``torch.no_grad`` once per step with ``t`` a ``[1]`` tensor
+    (one time for the whole batch); ``generator`` must live on ``x``'s device."""
     if n_steps < 1:
         raise ValueError(f"reverse_sde: n_steps must be >= 1, got {n_steps}")
     dt = 1.0 / n_steps
     z = torch.empty_like(x)
-    t_vec = torch.empty(x.shape[0], device=x.device, dtype=x.dtype)
+    t_vec = torch.empty(1, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         for i in range(n_steps):
             t = 1.0 - i * dt
