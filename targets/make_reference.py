@@ -206,7 +206,7 @@ def summarise(target, run: dict) -> dict:
 
 # ----------------------------------------------------------------------------- files
 def code_version() -> dict:
-    """Git commit of this checkout and whether targets/ or samplers/ had local changes."""
+    """Git commit of this checkout and the files under targets/ or samplers/ that differ from it."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -215,7 +215,7 @@ def code_version() -> dict:
                                cwd=root, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         head, dirty = "unknown", ""
-    return {"git_commit": head, "dirty": bool(dirty.strip())}
+    return {"git_commit": head, "changed_files": [ln[3:] for ln in dirty.splitlines()]}
 
 
 def _atomic_write(path: Path, write) -> None:
