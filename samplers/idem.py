@@ -15,6 +15,11 @@ Stable interface (used by ``runners.bench`` to time one step and one generation)
     sampler.outer_iteration(generator) -> float   # n_inner steps + generate + push (mean loss)
     samplers.dem.estimator.mc_score(x_t, h_t, energy_and_grad, K, generator, clip=..., group=...)
 
+After ``setup`` these attributes are stable too: ``rc`` (the resolved config), ``space``
+(:class:`samplers.dem.Space`, training coordinates), ``schedule``, ``net``, ``opt``, ``buffer``
+(iDEM), ``steps``, ``outer``, and ``device_generator(generator)`` (the generator the sampler
+draws from on its device).
+
 ``fit(target, budget, generator)`` runs outer iterations until the budget is spent (``max_steps``
 counts optimiser steps; a step starts only if its B*K energy evaluations fit the energy cap).
 
@@ -125,8 +130,11 @@ class IDEM:
         self.init_mode = mode
         self._push(x)
 
-    def _gen(self, generator: torch.Generator) -> torch.Generator:
+    def device_generator(self, generator: torch.Generator) -> torch.Generator:
         """``generator`` itself on CPU; on another device a generator there, seeded once from it."""
+        return self._gen(generator)
+
+    def _gen(self, generator: torch.Generator) -> torch.Generator:
         if generator.device == self.device or self.device.type == "cpu":
             return generator
         if self._gen_pair is None or self._gen_pair[0] is not generator:
