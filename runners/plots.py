@@ -89,6 +89,25 @@ def _density(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / max(1, len(v)) / np.diff(edges)
 
 
+def _wide_axis(ax, values: np.ndarray, pool: np.ndarray, which: str) -> None:
+    """Linear axis for values within two decades, log for wider positive ones, symlog otherwise
+    (energies of failing samplers reach 1e12 while the reference sits near -40)."""
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        return
+    lo, hi = np.quantile(v, [0.01, 0.99])
+    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
+    if lo > 0 and hi / lo < 100:
+        return
+    if lo > 0:
+        set_scale("log")
+        return
+    p = pool[np.isfinite(pool)]
+    spread = np.subtract(*np.quantile(p, [0.75, 0.25])) if len(p) else 1.0
+    scale = max(abs(float(np.median(p))) if len(p) else 1.0, float(spread), 1e-3)
+    set_scale("symlog", linthresh=10 ** np.ceil(np.log10(scale)))  # ticks a decade apart
+
+
 def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict, path: Path):
     """Left: densities on the reference's bins. Right: the full range of every set (box plots on a
     symlog axis), so samplers far outside the reference range are still visible."""
@@ -115,12 +134,10 @@ def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: di
         bx.boxplot([v for _, v in sets], **_HORIZONTAL, whis=(1, 99), showfliers=False,
                    patch_artist=True, boxprops={"facecolor": "0.9"})
         bx.set_yticks(range(1, len(sets) + 1), [n for n, _ in sets], fontsize=8)
-        spread = np.subtract(*np.quantile(pool[np.isfinite(pool)], [0.75, 0.25]))
-        scale = max(abs(float(np.median(pool))), float(spread), 1e-3)
-        bx.set_xscale("symlog", linthresh=10 ** np.ceil(np.log10(scale)))  # ticks a decade apart
+        _wide_axis(bx, np.concatenate([v for _, v in sets]), pool, "x")
         bx.axvspan(edges[0], edges[-1], color="0.85", zorder=0)
         bx.invert_yaxis()
-    bx.set(title="full range (1-99 %), symlog", xlabel=xlabel)
+    bx.set(title="full range (1-99 %)", xlabel=xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -217,6 +234,7 @@ def metric_vs_evals(df: pd.DataFrame, fig_dir: Path) -> list[Path]:
             sns.scatterplot(data=sub, x="energy_evals", y=m, hue="sampler", palette=palette,
                             ax=ax, s=40, legend=ax is axes[0][0])
             ax.set_xscale("log")
+            _wide_axis(ax, sub[m].to_numpy(float), sub[m].to_numpy(float), "y")
             lo, hi = sub["energy_evals"].min(), sub["energy_evals"].max()
             if hi / lo < 10:  # keep at least a decade so the log axis has readable major ticks
                 ax.set_xlim(10 ** np.floor(np.log10(lo) - 0.01), 10 ** np.ceil(np.log10(hi) + 0.01))
