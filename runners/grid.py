@@ -21,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from submitit.core.utils import FailedSubmissionError
 
 import samplers
 import targets
 from . import config as cfgmod
-from . import rows
+from . import rows, scoring
 from .cell import CellSpec
 from .launch import Progress, dispatch, resolve_launcher
 
@@ -141,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     out = Path(grid.out)
     counts: dict[str, int] = {}
-    todo = []
+    todo, unscored = [], []
     for spec in specs:
         row = rows.read_row(spec.dir)
         if row is not None and row["status"] in rows.FINISHED:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
+            if row["status"] == "ok" and row.get("reference_source") == "missing":
+                unscored.append((spec, row))
         else:
             todo.append(spec)
+    rescore_finished(unscored)
     if len(todo) < len(specs):
         print(f"[grid] resuming: {len(specs) - len(todo)} finished cell(s) kept, "
               f"{len(todo)} to run", file=sys.stderr)
@@ -182,6 +186,28 @@ def _collected_after_rows(out: Path) -> bool:
         return False
     newest = max((p.stat().st_mtime for p in (out / "cells").glob(f"*/{rows.ROW_FILE}")), default=0)
     return csv.stat().st_mtime >= newest
+
+
+def rescore_finished(cells: list) -> int:
+    """Finished cells scored while their target had no reference (e.g. LJ-55 before
+    ``python -m targets.make_reference lj55``): score their saved samples again when the
+    reference now exists. Returns how many were rescored."""
+    done, cache = 0, {}
+    for spec, row in cells:
+        path = spec.dir / rows.SAMPLES_FILE
+        if not path.is_file():
+            continue
+        target = cache.setdefault(spec.target, targets.get(spec.target))
+        x = torch.as_tensor(np.load(path), dtype=torch.float32)
+        new = scoring.rescore(row, target, x, spec.metric_options)
+        if new is not row:
+            new["rescored_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            rows.write_json(spec.dir / rows.ROW_FILE, new)
+            done += 1
+    if done:
+        print(f"[grid] rescored {done} finished cell(s) against a reference that is now "
+              f"available (their nll stays NaN)", file=sys.stderr)
+    return done
 
 
 def _raise_interrupt(signum, frame):

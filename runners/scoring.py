@@ -18,6 +18,7 @@ write the same columns. Protocol (documented in the README of runners):
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable
 
@@ -103,4 +104,20 @@ def _density_metrics(target, samples, ref, log_prob, log_w, errors) -> dict[str,
                         "ess": density.ess(lp, lq)})
     except Exception as exc:  # noqa: BLE001
         errors["density"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def rescore(row: dict, target, samples: torch.Tensor, metric_options: dict | None = None) -> dict:
+    """A row scored while the target had no reference, scored again now that it has one, from
+    its saved samples. Sample-only columns are kept; ``nll`` needs the sampler itself and stays
+    NaN (noted in ``metric_errors``)."""
+    values, errors, ref_cols = score(target, samples, metric_options=metric_options)
+    if ref_cols["reference_source"] == "missing":
+        return row
+    old = json.loads(row["metric_errors"]) if row.get("metric_errors") else {}
+    errors = {**{k: v for k, v in old.items() if k in DENSITY}, **errors}
+    if "nll" in row:
+        errors["nll"] = "not rescored: the NLL needs the sampler's density, not only its samples"
+    out = {k: v for k, v in row.items() if k != "reference_reason"}
+    out.update(ref_cols, **values, reason="", metric_errors=json.dumps(errors, sort_keys=True))
     return out

@@ -447,3 +447,24 @@ def test_resume_with_the_budget_already_spent_only_samples(tmp_path, test_sample
     row = run_cell(spec)
     assert row["status"] == "ok" and row["resumed_from_checkpoint"] is True
     assert row["energy_evals"] == 50 and json.loads(row["fit_info"])["steps"] == 4
+
+
+def test_cells_scored_without_a_reference_are_rescored_once_it_exists(
+        tmp_path, capsys, monkeypatch, test_samplers, tiny_profile):
+    out = tmp_path / "out"
+    args = [f"out={out}", "launcher=debug", f"profile={tiny_profile}", "targets=dw4",
+            "samplers=t_gauss", "collect=false"]
+    data = os.environ["BOLTZBENCH_DATA"]
+    monkeypatch.setenv("BOLTZBENCH_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("BOLTZBENCH_CACHE", str(tmp_path / "cache"))
+    assert run_grid(args, capsys)[0] == 0
+    (before,) = rows.iter_rows(out)
+    assert before["reference_source"] == "missing" and before["x_w2"] != before["x_w2"]
+    monkeypatch.setenv("BOLTZBENCH_DATA", data)  # the reference appears
+    code, err = run_grid(args, capsys)
+    assert code == 0 and "rescored 1 finished cell(s)" in err and "0 to run" in err
+    (after,) = rows.iter_rows(out)
+    assert after["reference_source"] == "official" and 1.0 < after["x_w2"] < 10.0
+    assert after["energy_evals"] == before["energy_evals"] and after["ess"] == before["ess"]
+    assert "not rescored" in json.loads(after["metric_errors"])["nll"]
+    assert run_grid(args, capsys)[1].count("rescored") == 0  # nothing left to rescore
