@@ -46,8 +46,8 @@ class SMCConfig:
     step_size: float | None = None      # starting value; None: samplers.mcmc.STEP_DEFAULTS
     adapt: bool = True
     target_accept: float | None = None  # None: 0.574 (MALA), 0.234 (RWM)
-    steps_per_temp: int = 10
-    cess_fraction: float = 0.5
+    steps_per_temp: int = 20
+    cess_fraction: float = 0.8
     resample_threshold: float = 0.5
     max_temps: int = 10_000
     prior_scale: float | None = None    # None: samplers.mcmc.PRIOR_DEFAULTS
