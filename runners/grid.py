@@ -33,17 +33,33 @@ from .cell import CellSpec
 from .launch import Progress, dispatch, resolve_launcher
 
 
+HELP = {
+    "targets": "all, or names: gmm40,dw4 or [gmm40,dw4]",
+    "samplers": "all, or names: idem,mala",
+    "seeds": "n (seeds 0..n-1) or a list [0,4]; None: the profile's",
+    "profile": "smoke | paper | path/to/preset.yaml; None: paper settings, cost estimate first",
+    "launcher": "auto (slurm where `scontrol ping` answers, else local) | local | slurm | debug",
+    "out": "output folder; None: results/runs/<profile>",
+    "n_eval": "samples scored per cell (vs as many reference points); None: the profile's",
+    "base_seed": "mixed into every cell seed",
+    "workers": "local: cells at once (0: CPU cores // threads)",
+    "threads": "torch threads per cell",
+    "timeout_min": "local/debug: wall limit of one cell (status timeout)",
+    "collect": "write results.csv, tables and figures at the end",
+    "figures": "with collect: also the figures",
+    "yes": "do not ask before an unprofiled (paper) run",
+}
+
+
 def help_text() -> str:
     cfgmod.load_plugins(cfgmod.plugin_modules())
     g = cfgmod.GridConfig()
     lines = [__doc__.strip(), "", "Options (key=value, omegaconf syntax):"]
     for f in dataclasses.fields(cfgmod.GridConfig):
         if f.name != "slurm":
-            lines.append(f"  {f.name:<12} default {getattr(g, f.name)!r}")
+            lines.append(f"  {f.name:<12} {HELP.get(f.name, '')} [default {getattr(g, f.name)!r}]")
     lines.append("  slurm.<field>  " + ", ".join(
         f"{f.name}={getattr(g.slurm, f.name)!r}" for f in dataclasses.fields(cfgmod.SlurmConfig)))
-    lines.append(f"  launcher     one of {', '.join(cfgmod.LAUNCHERS)} (auto: slurm where srun and "
-                 f"sbatch exist, else local)")
     lines.append("  <sampler>.<key>=<value>  override a sampler's Config on every target")
     lines.append("")
     lines.append("Targets: " + ", ".join(f"{n} ({targets.get(n).pretty_name})" for n in targets.names()))
