@@ -231,5 +231,7 @@ def systematic_resample(log_w: torch.Tensor, generator: torch.Generator) -> torc
     w = torch.softmax(log_w.double(), 0)
     cdf = torch.cumsum(w, 0)
     cdf[-1] = 1.0
-    u = (torch.rand((), generator=generator, dtype=torch.float64) + torch.arange(c, dtype=torch.float64)) / c
-    return torch.searchsorted(cdf, u.to(cdf.device)).clamp_(max=c - 1)
+    dev = log_w.device
+    u = (torch.rand((), generator=generator, dtype=torch.float64, device=dev)
+         + torch.arange(c, dtype=torch.float64, device=dev)) / c
+    return torch.searchsorted(cdf, u).clamp_(max=c - 1)

@@ -65,6 +65,26 @@ def is_particle(target) -> bool:
     return getattr(target, "n_particles", None) is not None
 
 
+def resolve_device(name: str, who: str) -> torch.device:
+    """``torch.device(name)``; an unavailable CUDA device is an error, never a silent CPU run."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{who}: config.device must be a torch device string such as 'cpu' or "
+                         f"'cuda', got {name!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{who}: config.device={name!r} but no CUDA device is available")
+    return dev
+
+
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself for CPU; else a generator on ``device`` seeded once from it."""
+    if device.type == "cpu":
+        return generator
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
+
+
 class Prior:
     """A normalised, analytic start/reference density (no target evaluations).
 
@@ -93,7 +113,8 @@ class Prior:
         """(-log p0(x) ``[C]``, -∇log p0 ``[C, D]``); +inf outside the uniform box."""
         if self.kind == "uniform":
             inside = (x.abs() <= self.scale).all(-1)
-            e = torch.full(x.shape[:-1], self.dim * math.log(2 * self.scale), dtype=x.dtype)
+            e = torch.full(x.shape[:-1], self.dim * math.log(2 * self.scale), dtype=x.dtype,
+                           device=x.device)
             return torch.where(inside, e, torch.full_like(e, math.inf)), torch.zeros_like(x)
         s2 = self.scale ** 2
         e = x.pow(2).sum(-1) / (2 * s2) + 0.5 * self.d_eff * math.log(2 * math.pi * s2)
@@ -168,6 +189,7 @@ class MCMCConfig:
     init: str | None = None             # "prior" | "lattice"
     init_scale: float | None = None
     quench_steps: int | None = None     # None: QUENCH_DEFAULTS (DW-4 50, others 0)
+    device: str = "cpu"                 # chains live here; the pool and samples are CPU float32
 
 
 @dataclass
@@ -202,6 +224,7 @@ class _MCMCSampler:
             raise ValueError(f"{self.name}: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
         if cfg.init is not None and cfg.init not in INITS:
             raise ValueError(f"{self.name}: config.init must be one of {INITS} or None, got {cfg.init!r}")
+        resolve_device(cfg.device, self.name)
         self.config = cfg
         self.pool: torch.Tensor | None = None
         self.target = None
@@ -219,6 +242,7 @@ class _MCMCSampler:
             raise TypeError(f"{self.name}.fit: generator must be a torch.Generator, got {type(generator).__name__}")
         cfg, c = self.config, self.config.n_chains
         self.target = target
+        dev = resolve_device(cfg.device, self.name)
         clock = budget.start(target)
         if not clock.allows(c):
             raise ValueError(f"{self.name}: budget max_energy_evals={budget.max_energy_evals} is "
@@ -226,7 +250,7 @@ class _MCMCSampler:
         init, scale = INIT_DEFAULTS.get(target.name, ("prior", None))
         init = cfg.init or init
         scale = cfg.init_scale or scale or PRIOR_DEFAULTS.get(target.name, ("", 1.0))[1]
-        x0 = initial_positions(target, c, init, scale, generator)
+        x0 = initial_positions(target, c, init, scale, generator).to(dev)
         n_q, lr, cap = QUENCH_DEFAULTS.get(target.name, QUENCH_FALLBACK)
         n_q = n_q if cfg.quench_steps is None else cfg.quench_steps
         project = target.remove_mean if is_particle(target) else None
@@ -235,7 +259,7 @@ class _MCMCSampler:
                          lambda n: clock.allows(n + c))
         state = kernels.init(x0, target.energy_and_grad)
         self._check(state, "initial state")
-        return self._run(target, state, budget, clock, generator,
+        return self._run(target, state, budget, clock, device_generator(generator, dev),
                          {"init": init, "init_scale": scale, "quench_steps": n_q})
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -314,7 +338,7 @@ class Pool:
         self.max_size, self.chunks, self.rows = int(max_size), [], 0
 
     def add(self, x: torch.Tensor) -> None:
-        self.chunks.append(x.detach().float().clone())
+        self.chunks.append(x.detach().to("cpu", torch.float32, copy=True))
         self.rows += x.shape[0]
         while self.rows - self.chunks[0].shape[0] >= self.max_size:
             self.rows -= self.chunks.pop(0).shape[0]
@@ -333,7 +357,7 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
     count toward ``Budget.max_steps``. Returns the final state, step size and counts."""
     step, warmup_done, post = 0, 0, 0
     warming = warm_steps > 0
-    accepted = torch.zeros(state.x.shape[0])
+    accepted = torch.zeros(state.x.shape[0], device=state.x.device)
     while not clock.exhausted(steps_done + step) and clock.allows(cost):
         state, acc = step_fn(state, h)
         step += 1

@@ -33,8 +33,8 @@ import torch
 
 from . import kernels, register
 from .base import Budget, Diverged, check_finite
-from .mcmc import (FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, is_particle, prior_for,
-                   run_chains)
+from .mcmc import (FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, device_generator, is_particle,
+                   prior_for, resolve_device, run_chains)
 
 SMC_KERNELS = ("mala", "rwm")
 
@@ -54,6 +54,7 @@ class SMCConfig:
     continue_mcmc: bool = True          # after β = 1, spend the rest of the budget on MCMC
     thinning: int = 10
     pool_size: int = 100_000
+    device: str = "cpu"                 # particles live here; the pool and samples are CPU float32
 
 
 class _Tempered:
@@ -126,6 +127,7 @@ class SMC:
                 raise ValueError(f"smc: config.{f} must be > 0 or None, got {v!r}")
         if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
             raise ValueError(f"smc: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
+        resolve_device(cfg.device, "smc")
         self.config = cfg
         self.pool = None
         self.target = None
@@ -140,8 +142,9 @@ class SMC:
             raise TypeError(f"smc.fit: budget must be a Budget, got {type(budget).__name__}")
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"smc.fit: generator must be a torch.Generator, got {type(generator).__name__}")
-        cfg, c, gen = self.config, self.config.n_chains, generator
+        cfg, c = self.config, self.config.n_chains
         self.target = target
+        dev = resolve_device(cfg.device, "smc")
         clock = budget.start(target)
         if not clock.allows(c):
             raise ValueError(f"smc: budget max_energy_evals={budget.max_energy_evals} is below one "
@@ -152,12 +155,14 @@ class SMC:
         h = cfg.step_size or STEP_DEFAULTS[cfg.kernel].get(target.name, FALLBACK_STEP[cfg.kernel])
         accept_target = cfg.target_accept or TARGET_ACCEPT[cfg.kernel]
 
-        x = prior.sample(c, gen)
+        x = prior.sample(c, generator).to(dev)
+        gen = device_generator(generator, dev)
         e1, g1 = target.energy_and_grad(x)
         e0, g0 = prior.energy_and_grad(x)
         if torch.isnan(e1).any() or not torch.isfinite(e1).any():
             raise Diverged("smc: target energies of the prior draws are NaN or all infinite")
-        log_w, log_z, beta, temps, steps, truncated = torch.zeros(c, dtype=torch.float64), 0.0, 0.0, 0, 0, False
+        log_w = torch.zeros(c, dtype=torch.float64, device=dev)
+        log_z, beta, temps, steps, truncated = 0.0, 0.0, 0, 0, False
         accs, min_ess = [], 1.0
         while beta < 1.0:
             budget_left = (not clock.exhausted(steps) and clock.allows(cfg.steps_per_temp * c)
@@ -175,7 +180,7 @@ class SMC:
             if ess < cfg.resample_threshold or beta >= 1.0:
                 idx = kernels.systematic_resample(log_w, gen)
                 x, e0, g0, e1, g1 = x[idx], e0[idx], g0[idx], e1[idx], g1[idx]
-                log_w = torch.zeros(c, dtype=torch.float64)
+                log_w = torch.zeros(c, dtype=torch.float64, device=dev)
             if truncated:
                 break
             tempered = _Tempered(prior, target, beta)

@@ -306,6 +306,11 @@ def test_errors():
         samplers.get("smc")(samplers.get("smc").Config(kernel="hmc"))
     with pytest.raises(RuntimeError, match="fit"):
         mala().sample(3, torch.Generator())
+    with pytest.raises(ValueError, match="device"):
+        mala(mala.Config(device="gpu0"))
+    if not torch.cuda.is_available():  # never a silent CPU fallback
+        with pytest.raises(ValueError, match="no CUDA"):
+            samplers.get("smc")(samplers.get("smc").Config(device="cuda"))
     with pytest.raises(ValueError, match="n_chains"):
         mala().fit(CorrGauss(), Budget(max_energy_evals=10), torch.Generator())
     for name in ("mala", "hmc", "rwm", "smc"):
