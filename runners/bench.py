@@ -22,6 +22,11 @@ Only iDEM's public pieces are used: ``setup``, ``train_step``, ``generate``, ``s
 The GMM-40 start (a reverse SDE driven by the MC estimator, about 5e8 evaluations) is replaced by
 prior samples here: the start does not change what a step or a generation costs.
 
+Timings need an otherwise idle machine. On a 2-core machine shared with other busy processes,
+``threads=2`` collapses (OpenMP waits at every parallel region for a descheduled thread: GMM-40
+generation took 163 s at 2 threads and 14 s at 1 thread back to back at load average 8), and one
+thread is inflated 2-4x; ``load_avg_before``/``after`` in the JSON line record the conditions.
+
 Other keys: ``sample_n`` (1000; 0 skips generation), ``sample_steps`` (1000), ``seed`` (0),
 ``net_compile`` (false: passes ``compile`` to the iDEM config, torch.compile of the network),
 ``batch`` and ``k`` (override B and K, for quick checks; the official figures then do not apply).
