@@ -16,13 +16,17 @@ LJ-55 0.0075, GMM 1.25. MALA and HMC adapt toward acceptance 0.574 (Roberts & Ro
 Warm-up length: ``warmup_fraction`` of the steps the budget allows (energy or step cap), capped at
 ``max_warmup_steps``; with only a time cap, ``warmup_fraction`` of ``max_seconds``.
 
-Initialisation (``init``, per-target default in ``INIT_DEFAULTS``): ``"prior"`` draws from
-:func:`prior_for` (GMM-40: uniform on [-45, 45]^2; particles: mean-free Gaussian);
+Initialisation (``init``, per-target default in ``samplers.starts.INIT_DEFAULTS``): ``"prior"``
+draws from :func:`samplers.starts.prior_for` (GMM-40: uniform on [-45, 45]^2; particles: mean-free Gaussian);
 ``"lattice"`` (LJ) places the particles on the sites of a cubic lattice with spacing 1 (the LJ pair
 minimum) nearest to a random centre, randomly rotated and jittered by ``init_scale``, so no pair
 starts in the repulsive wall (random Gaussian starts overlap and then reject every move).
 DW-4 starts are then quenched by a short displacement-capped gradient descent (``QUENCH_DEFAULTS``,
-its evaluations are charged to the budget), see :func:`quench`.
+its evaluations are charged to the budget), see :func:`samplers.starts.quench`.
+
+``device="cuda"`` runs the chains on a GPU with a generator there seeded once from ``fit``'s;
+the pool and ``sample`` output stay CPU float32. Checkpointing (``state_dict``) is not offered:
+a preempted MCMC cell restarts.
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ from typing import Any, ClassVar
 import torch
 
 from . import kernels, register
-from .base import Budget, Diverged, check_finite
+from .base import Budget, check_finite
+from .starts import (INIT_DEFAULTS, INITS, PRIOR_DEFAULTS, QUENCH_DEFAULTS, QUENCH_FALLBACK,
+                     device_generator, initial_positions, is_particle, quench, resolve_device)
 
 # Starting step sizes per kernel and target (RWM: proposal std; MALA: Langevin step h with noise
 # sqrt(2h); HMC: leapfrog step). RWM values are the blog's tuned ones and stay fixed by default.
@@ -44,133 +50,6 @@ STEP_DEFAULTS = {
 }
 FALLBACK_STEP = {"rwm": 0.5, "mala": 0.1, "hmc": 0.1}  # targets not listed above
 TARGET_ACCEPT = {"rwm": 0.234, "mala": 0.574, "hmc": 0.8}
-# (init, init_scale): GMM uniform half-width; particles Gaussian std or lattice jitter.
-INIT_DEFAULTS = {"gmm40": ("prior", 45.0), "dw4": ("prior", 2.0), "lj13": ("lattice", 0.05),
-                 "lj55": ("lattice", 0.05)}
-# The prior of "prior" starts and of SMC: (kind, scale). Particle stds ~ the references' spread
-# (DW-4 1.8, LJ-13 0.68 per coordinate) or wider.
-PRIOR_DEFAULTS = {"gmm40": ("uniform", 45.0), "dw4": ("gaussian", 2.0), "lj13": ("gaussian", 1.0),
-                  "lj55": ("gaussian", 1.0)}
-INITS = ("prior", "lattice")
-# Quench after the start, before warm-up: (steps, learning rate, max move per coordinate) of a
-# displacement-capped gradient descent. DW-4's quartic wells make MALA reject forever from
-# Gaussian starts with stretched or collapsed pairs (gradients in the hundreds; MALA is not
-# geometrically ergodic for such tails, Roberts & Tweedie 1996); a short capped descent moves
-# every chain into a well first. Lattice LJ starts need none.
-QUENCH_DEFAULTS = {"dw4": (50, 0.05, 0.1)}
-QUENCH_FALLBACK = (0, 0.01, 0.1)
-
-
-def is_particle(target) -> bool:
-    return getattr(target, "n_particles", None) is not None
-
-
-def resolve_device(name: str, who: str) -> torch.device:
-    """``torch.device(name)``; an unavailable CUDA device is an error, never a silent CPU run."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"{who}: config.device must be a torch device string such as 'cpu' or "
-                         f"'cuda', got {name!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{who}: config.device={name!r} but no CUDA device is available")
-    return dev
-
-
-def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """``generator`` itself for CPU; else a generator on ``device`` seeded once from it."""
-    if device.type == "cpu":
-        return generator
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
-    return torch.Generator(device).manual_seed(seed)
-
-
-class Prior:
-    """A normalised, analytic start/reference density (no target evaluations).
-
-    ``uniform``: U([-scale, scale]^dim); ``gaussian``: N(0, scale^2 I), on the mean-free subspace
-    for particle targets (density w.r.t. Lebesgue measure on the (N-1)·D-dimensional subspace,
-    the convention of ``metrics.density`` for log Z)."""
-
-    def __init__(self, target, kind: str, scale: float):
-        if kind not in ("uniform", "gaussian"):
-            raise ValueError(f"prior kind must be 'uniform' or 'gaussian', got {kind!r}")
-        if not scale > 0:
-            raise ValueError(f"prior scale must be > 0, got {scale!r}")
-        self.kind, self.scale, self.dim = kind, float(scale), int(target.dim)
-        self.project = target.remove_mean if is_particle(target) else None
-        self.d_eff = self.dim - (target.spatial_dim if is_particle(target) else 0)
-        if kind == "uniform" and self.project is not None:
-            raise ValueError(f"{target.name}: a uniform prior is not defined on the mean-free subspace")
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        if self.kind == "uniform":
-            return (2 * torch.rand(n, self.dim, generator=generator) - 1) * self.scale
-        z = torch.randn(n, self.dim, generator=generator)
-        return self.scale * (z if self.project is None else self.project(z))
-
-    def energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-log p0(x) ``[C]``, -∇log p0 ``[C, D]``); +inf outside the uniform box."""
-        if self.kind == "uniform":
-            inside = (x.abs() <= self.scale).all(-1)
-            e = torch.full(x.shape[:-1], self.dim * math.log(2 * self.scale), dtype=x.dtype,
-                           device=x.device)
-            return torch.where(inside, e, torch.full_like(e, math.inf)), torch.zeros_like(x)
-        s2 = self.scale ** 2
-        e = x.pow(2).sum(-1) / (2 * s2) + 0.5 * self.d_eff * math.log(2 * math.pi * s2)
-        return e, x / s2
-
-
-def prior_for(target, scale: float | None = None) -> Prior:
-    kind, default = PRIOR_DEFAULTS.get(target.name, ("gaussian", 1.0))
-    return Prior(target, kind, default if scale is None else scale)
-
-
-def _rotations(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``[n, 3, 3]`` Haar-random rotations (QR of a Gaussian matrix with the sign fix)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
-    return q * torch.det(q)[:, None, None]  # det -1 -> +1 (flips all columns; still Haar on SO(3))
-
-
-def lattice_start(target, n: int, jitter: float, gen: torch.Generator) -> torch.Tensor:
-    """``[n, dim]`` mean-free compact clusters: the N cubic-lattice sites (spacing 1) nearest a
-    uniformly random centre, randomly rotated, plus N(0, jitter^2) noise."""
-    npart, d = target.n_particles, target.spatial_dim
-    k = math.ceil((3 * npart) ** (1 / d)) + 1
-    grid = torch.stack(torch.meshgrid(*[torch.arange(-k, k + 1.0)] * d, indexing="ij"), -1).reshape(-1, d)
-    centres = torch.rand(n, 1, d, generator=gen)
-    near = (grid[None] - centres).norm(dim=-1).argsort(dim=1)[:, :npart]  # [n, N]
-    x = grid[near].double()
-    if d == 3:
-        x = x @ _rotations(n, gen).transpose(-1, -2)
-    x = x.float() + jitter * torch.randn(n, npart, d, generator=gen)
-    return target.remove_mean(x.reshape(n, -1))
-
-
-def quench(x: torch.Tensor, energy_and_grad, n_steps: int, lr: float, max_move: float,
-           project=None, allows=lambda n: True) -> tuple[torch.Tensor, int]:
-    """Up to ``n_steps`` of x <- x - clamp(lr ∇E(x), ±max_move) on ``[C, D]`` chains, each
-    costing C evaluations; stops early when ``allows(C)`` is False. Returns (x, steps done)."""
-    done = 0
-    for _ in range(n_steps):
-        if not allows(x.shape[0]):
-            break
-        _, g = energy_and_grad(x)
-        move = torch.nan_to_num(lr * g, nan=0.0).clamp(-max_move, max_move)
-        x = x - move if project is None else project(x - move)
-        done += 1
-    return x, done
-
-
-def initial_positions(target, n: int, init: str, scale: float, gen: torch.Generator) -> torch.Tensor:
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "lattice":
-        if not is_particle(target):
-            raise ValueError(f"{target.name}: init 'lattice' needs a particle target")
-        return lattice_start(target, n, scale, gen)
-    return prior_for(target, scale).sample(n, gen)
 
 
 @dataclass
@@ -205,7 +84,8 @@ class _MCMCSampler:
     def __init__(self, config=None):
         cfg = config if config is not None else self.Config()
         if not isinstance(cfg, MCMCConfig):
-            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, got {type(cfg).__name__}")
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, "
+                            f"got {type(cfg).__name__}")
         for f in ("n_chains", "thinning", "pool_size", "n_leapfrog"):
             v = getattr(cfg, f)
             if not isinstance(v, int) or v < 1:
@@ -215,15 +95,18 @@ class _MCMCSampler:
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise ValueError(f"{self.name}: config.{f} must be an int >= 0 or None, got {v!r}")
         if not 0 <= cfg.warmup_fraction < 1:
-            raise ValueError(f"{self.name}: config.warmup_fraction must be in [0, 1), got {cfg.warmup_fraction!r}")
+            raise ValueError(f"{self.name}: config.warmup_fraction must be in [0, 1), "
+                             f"got {cfg.warmup_fraction!r}")
         for f in ("step_size", "init_scale"):
             v = getattr(cfg, f)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{self.name}: config.{f} must be > 0 or None, got {v!r}")
         if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
-            raise ValueError(f"{self.name}: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
+            raise ValueError(f"{self.name}: config.target_accept must be in (0, 1), "
+                             f"got {cfg.target_accept!r}")
         if cfg.init is not None and cfg.init not in INITS:
-            raise ValueError(f"{self.name}: config.init must be one of {INITS} or None, got {cfg.init!r}")
+            raise ValueError(f"{self.name}: config.init must be one of {INITS} or None, "
+                             f"got {cfg.init!r}")
         resolve_device(cfg.device, self.name)
         self.config = cfg
         self.pool: torch.Tensor | None = None
@@ -239,7 +122,8 @@ class _MCMCSampler:
         if not isinstance(budget, Budget):
             raise TypeError(f"{self.name}.fit: budget must be a Budget, got {type(budget).__name__}")
         if not isinstance(generator, torch.Generator):
-            raise TypeError(f"{self.name}.fit: generator must be a torch.Generator, got {type(generator).__name__}")
+            raise TypeError(f"{self.name}.fit: generator must be a torch.Generator, "
+                            f"got {type(generator).__name__}")
         cfg, c = self.config, self.config.n_chains
         self.target = target
         dev = resolve_device(cfg.device, self.name)

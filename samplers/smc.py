@@ -19,7 +19,7 @@ idem.md §1.1 A, then long MCMC). If the budget ends before β = 1, the populati
 one final reweighting and resampling (no evaluations needed; ``schedule_truncated`` in the info).
 
 log Z: the product of the weight means is an unbiased estimate of Z (the log is biased low by
-about Var/2). Priors (:func:`samplers.mcmc.prior_for`): GMM-40 U([-45, 45]^2) (the blog's);
+about Var/2). Priors (:func:`samplers.starts.prior_for`): GMM-40 U([-45, 45]^2) (the blog's);
 particles a mean-free Gaussian, so Z is the integral of exp(-E) over the mean-free subspace.
 A step (``Budget.max_steps``) is one move of all chains, costing C evaluations.
 """
@@ -33,8 +33,8 @@ import torch
 
 from . import kernels, register
 from .base import Budget, Diverged, check_finite
-from .mcmc import (FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, device_generator, is_particle,
-                   prior_for, resolve_device, run_chains)
+from .mcmc import FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, run_chains
+from .starts import device_generator, is_particle, prior_for, resolve_device
 
 SMC_KERNELS = ("mala", "rwm")
 
@@ -50,7 +50,7 @@ class SMCConfig:
     cess_fraction: float = 0.8
     resample_threshold: float = 0.5
     max_temps: int = 10_000
-    prior_scale: float | None = None    # None: samplers.mcmc.PRIOR_DEFAULTS
+    prior_scale: float | None = None    # None: samplers.starts.PRIOR_DEFAULTS
     continue_mcmc: bool = True          # after β = 1, spend the rest of the budget on MCMC
     thinning: int = 10
     pool_size: int = 100_000
