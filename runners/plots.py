@@ -105,7 +105,14 @@ def _wide_axis(ax, values: np.ndarray, pool: np.ndarray, which: str) -> None:
     p = pool[np.isfinite(pool)]
     spread = np.subtract(*np.quantile(p, [0.75, 0.25])) if len(p) else 1.0
     scale = max(abs(float(np.median(p))) if len(p) else 1.0, float(spread), 1e-3)
-    set_scale("symlog", linthresh=10 ** np.ceil(np.log10(scale)))  # ticks a decade apart
+    linthresh = 10 ** np.ceil(np.log10(scale))
+    set_scale("symlog", linthresh=linthresh)
+    # At most ~6 major ticks: energies of failing samplers span up to 20 decades.
+    decades = np.log10(max(abs(lo), abs(hi), linthresh) / linthresh) + 1
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(matplotlib.ticker.SymmetricalLogLocator(
+        linthresh=linthresh, base=10 ** max(1, int(np.ceil(decades / 6)))))
+    axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict, path: Path):
