@@ -18,6 +18,16 @@ from targets.base import Target
 NAMES = ["pis", "dds"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many tiny ops, for which OpenMP threads only add overhead (and spin on a
+    loaded 2-core machine); restore the setting for other modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Gauss(Target):
     """E = 0.5 ||x - m||^2 / s^2, so Z = (2 pi s^2)^(d/2)."""
 
@@ -225,3 +235,94 @@ def test_checkpoint_resume(name):
     target.reset_counter()
     assert c.fit(target, Budget(max_steps=100), torch.Generator().manual_seed(5))["steps"] == 5
     assert target.counter.energy_evals == 2 * cfg.batch_size * (cfg.n_steps + 1)
+
+
+# ---------------------------------------------------------------------------- FAB
+from samplers.fab import RealNVP, helmert_basis  # noqa: E402
+
+
+def _fab(target, **kw):
+    cls = samplers.get("fab")
+    s = cls(cls.Config(**kw))
+    s.fit(target, Budget(max_steps=1 if kw.get("max_iters") == 0 else 10**6),
+          torch.Generator().manual_seed(0))
+    return s
+
+
+def test_fab_flow_is_a_normalised_invertible_density():
+    g = torch.Generator().manual_seed(0)
+    flow = RealNVP(2, 4, 16, g)
+    with torch.no_grad():
+        for p in flow.parameters():  # a non-trivial flow (the zero-initialised one is the base)
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        u, log_q = flow.sample(500, g)
+        assert torch.allclose(flow.log_prob(u), log_q, atol=1e-4)
+        grid = torch.linspace(-12, 12, 601)
+        xy = torch.cartesian_prod(grid, grid)
+        mass = flow.log_prob(xy).exp().sum() * (grid[1] - grid[0]) ** 2
+    assert abs(float(mass) - 1) < 0.02
+
+
+def test_fab_helmert_basis():
+    b = helmert_basis(4, 2)
+    assert b.shape == (8, 6)
+    assert torch.allclose(b.T @ b, torch.eye(6), atol=1e-6)
+    assert b.reshape(4, 2, 6).sum(0).abs().max() < 1e-6  # every column is mean-free
+
+
+def test_fab_ais_estimates_the_p2_over_q_normaliser():
+    # Untrained flow = N(0, sigma^2 I): AIS towards p~^2/q is unbiased for ∫ p~^2 / q, a Gaussian
+    # integral per axis: sqrt(2 pi sigma^2) sqrt(pi / a) exp(b^2 / (4a) + c).
+    target, sig = Gauss([1.5, -1.0], 0.7), 2.0
+    s = _fab(target, sigma=sig, max_iters=0, hidden=8, n_layers=2)
+    a = 1 / target.std**2 - 1 / (2 * sig**2)
+    exact = sum(0.5 * math.log(2 * math.pi * sig**2) + 0.5 * math.log(math.pi / a)
+                + (2 * m / target.std**2) ** 2 / (4 * a) - m * m / target.std**2
+                for m in target.mean.tolist())
+    target.reset_counter()
+    _, log_w = s._ais(4000, torch.Generator().manual_seed(1))
+    assert abs(logmeanexp(log_w) - exact) < 0.1
+    cfg = s.config
+    assert target.counter.energy_evals == 4000 * (1 + cfg.n_intermediate * cfg.n_leapfrog)
+
+
+def test_fab_short_training_on_gaussian():
+    target = Gauss([1.5, -1.0], 0.7)
+    s = _fab(target, sigma=2.0, max_iters=150, batch_size=128, buffer_min=512, hidden=16,
+             n_layers=2, lr=3e-3)
+    x = s.sample(4000, torch.Generator().manual_seed(1))
+    assert target.counter.energy_evals % (128 * 11) == 0  # whole AIS rounds only
+    log_w = -target.energy(x) - s.log_prob(x)
+    assert abs(logmeanexp(log_w) - target.log_Z) < 0.05
+    assert torch.allclose(x.mean(0), target.mean, atol=0.1)
+    assert torch.allclose(x.var(0), torch.full((2,), 0.49), rtol=0.15)
+
+
+def test_fab_particles_counting_determinism_errors():
+    target = targets.get("dw4")
+    cls = samplers.get("fab")
+    cfg = cls.tiny_config(target)
+    outs = []
+    for _ in range(2):
+        target.reset_counter()
+        s = cls(cfg)
+        info = s.fit(target, Budget(max_steps=100), torch.Generator().manual_seed(0))
+        per_round = cfg.batch_size * (1 + cfg.n_intermediate * cfg.n_leapfrog)
+        assert target.counter.energy_evals == info["ais_rounds"] * per_round
+        assert info["steps"] == cfg.max_iters
+        before = target.counter.energy_evals
+        outs.append(s.sample(64, torch.Generator().manual_seed(3)))
+        assert target.counter.energy_evals == before  # flow samples are free
+    assert torch.equal(outs[0], outs[1])
+    x = outs[0]
+    assert target.particles(x).mean(-2).abs().max() < 1e-5
+    # Untrained flow: the mean-free Gaussian N(0, sigma^2) on the 6-D subspace.
+    s0 = _fab(target, max_iters=0, hidden=8, n_layers=2)
+    d_eff, sig2 = 6, 4.0
+    ref = target.reference("test", n=10)
+    want = -0.5 * ref.pow(2).sum(-1) / sig2 - 0.5 * d_eff * math.log(2 * math.pi * sig2)
+    assert torch.allclose(s0.log_prob(ref), want, atol=1e-4)
+    with pytest.raises(ValueError, match="buffer_min"):
+        cls(cls.Config(buffer_min=10, buffer_size=5))
+    with pytest.raises(RuntimeError, match="fit"):
+        cls().sample(2, torch.Generator())

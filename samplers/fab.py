@@ -1,0 +1,338 @@
+"""FAB: Flow Annealed importance sampling Bootstrap (Midgley et al., ICLR 2023).
+
+A normalising flow q is trained to minimise the alpha = 2 divergence D_2(p || q), whose minimiser
+is estimated with annealed importance sampling (AIS) that *targets p^2 / q*: the region where q
+underestimates p. FAB with the prioritised replay buffer (the paper's Algorithm 2):
+
+1. x_0 ~ q, K intermediate densities pi_k ∝ q^(1 - b_k) (p^2/q)^(b_k), b linear in (0, 1], one
+   HMC transition (``n_leapfrog`` leapfrog steps) per intermediate; AIS log-weights
+   log w = Σ_k (b_k - b_(k-1)) [2 log p̃(x_(k-1)) - 2 log q(x_(k-1))].
+2. The AIS samples enter a FIFO buffer with log w and log q_old(x).
+3. ``n_updates_per_ais`` gradient steps, each on a batch drawn from the buffer with probability ∝ w,
+   loss = -mean log q(x); afterwards the drawn points' weights are corrected for the change of q
+   (target p^2/q): log w += log q_old(x) - log q_new(x), log q_old <- log q_new.
+
+The flow is a RealNVP (affine couplings, zero-initialised so it starts as its base N(0, sigma^2)).
+Particle targets: the flow lives on an orthonormal (Helmert) basis of the mean-free subspace, so
+``log_prob`` is a density on that (N-1)·D-dimensional subspace, the convention of
+``metrics.density`` (NLL, log Z, ESS from the flow alone). Plain MLP conditioners, no equivariance.
+Step sizes: one per intermediate, adapted by dual averaging (samplers/kernels.py) to acceptance
+0.65 (FAB's target) throughout training, since the intermediate targets move with q.
+
+Cost per AIS round: n_ais · (1 + K · n_leapfrog) energy(+gradient) evaluations, charged through
+``target.energy_and_grad``; training steps and ``sample`` / ``log_prob`` cost none.
+Hyperparameters after fab-torch's GMM config (lr 1e-4, batch 128, grad-norm clip 100, buffer 12800
+/ 1280, 4 updates per AIS batch) with a smaller flow; K = 2 intermediates as that config.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from . import kernels, register
+from .base import Budget, check_finite
+from .pis import SIGMA_DEFAULTS, _target_name
+
+
+@dataclass
+class FABConfig:
+    sigma: float | None = None        # base N(0, sigma^2 I); None: samplers.pis.SIGMA_DEFAULTS
+    n_layers: int = 10                # affine coupling layers
+    hidden: int = 128
+    lr: float = 1e-4
+    max_grad_norm: float | None = 100.0
+    batch_size: int = 128             # flow samples per AIS round and buffer batch size
+    n_updates_per_ais: int = 4
+    buffer_size: int = 12800
+    buffer_min: int = 1280
+    n_intermediate: int = 2
+    n_leapfrog: int = 5
+    step_size: float = 0.1            # initial HMC step, in units of sigma
+    target_accept: float = 0.65
+    max_iters: int | None = None      # gradient steps
+    sample_batch: int = 1000
+    device: str = "cpu"
+
+
+def helmert_basis(n_particles: int, spatial_dim: int) -> torch.Tensor:
+    """Orthonormal basis ``[N*D, (N-1)*D]`` of the mean-free subspace (particle-major flat)."""
+    n = n_particles
+    h = torch.zeros(n - 1, n, dtype=torch.float64)
+    for j in range(1, n):
+        h[j - 1, :j] = 1.0 / math.sqrt(j * (j + 1))
+        h[j - 1, j] = -j / math.sqrt(j * (j + 1))
+    return torch.kron(h.T.contiguous(), torch.eye(spatial_dim, dtype=torch.float64)).float()
+
+
+class Coupling(nn.Module):
+    """Affine coupling: the masked part conditions a bounded log-scale and a shift of the rest."""
+
+    def __init__(self, mask: torch.Tensor, hidden: int):
+        super().__init__()
+        d = mask.numel()
+        self.register_buffer("mask", mask.float())
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                 nn.GELU(), nn.Linear(hidden, 2 * d))
+        self.net[-1].zero_init = True
+
+    def _params(self, v):
+        s, t = self.net(v * self.mask).chunk(2, -1)
+        free = 1 - self.mask
+        return 2 * torch.tanh(s / 2) * free, t * free
+
+    def forward(self, u):   # base -> data; returns (y, log|det dy/du|)
+        s, t = self._params(u)
+        return u * s.exp() + t, s.sum(-1)
+
+    def inverse(self, y):   # data -> base
+        s, t = self._params(y)
+        return (y - t) * (-s).exp(), -s.sum(-1)
+
+
+class RealNVP(nn.Module):
+    """Flow on R^d with a standard-normal base. ``sample(n, g) -> (u, log q(u))``,
+    ``log_prob(u) -> [n]``."""
+
+    def __init__(self, dim: int, n_layers: int, hidden: int, generator: torch.Generator):
+        super().__init__()
+        self.dim = dim
+        layers = []
+        for k in range(n_layers):
+            if k % 2 == 0:
+                mask = torch.zeros(dim)
+                mask[torch.randperm(dim, generator=generator)[: dim // 2]] = 1.0
+            else:
+                mask = 1 - layers[-1].mask
+            layers.append(Coupling(mask, hidden))
+        self.layers = nn.ModuleList(layers)
+
+    def _base_log_prob(self, e):
+        return -0.5 * e.pow(2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def sample(self, n: int, generator: torch.Generator, device="cpu"):
+        e = torch.randn(n, self.dim, generator=generator).to(device)
+        log_q, u = self._base_log_prob(e), e
+        for layer in self.layers:
+            u, ld = layer(u)
+            log_q = log_q - ld
+        return u, log_q
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        ld_sum = u.new_zeros(u.shape[0])
+        for layer in reversed(self.layers):
+            u, ld = layer.inverse(u)
+            ld_sum = ld_sum + ld
+        return self._base_log_prob(u) + ld_sum
+
+
+@register
+class FAB:
+    """FAB with a prioritised replay buffer, AIS with HMC towards p^2/q, RealNVP flow."""
+
+    name: ClassVar[str] = "fab"
+    pretty_name: ClassVar[str] = "FAB"
+    has_log_prob: ClassVar[bool] = True
+    has_importance_weights: ClassVar[bool] = False
+    Config: ClassVar[type] = FABConfig
+
+    def __init__(self, config: FABConfig | None = None):
+        cfg = config if config is not None else FABConfig()
+        if not isinstance(cfg, FABConfig):
+            raise TypeError(f"fab: config must be a FABConfig, got {type(cfg).__name__}")
+        for name in ("n_layers", "hidden", "batch_size", "n_updates_per_ais", "buffer_size",
+                     "buffer_min", "n_intermediate", "n_leapfrog", "sample_batch"):
+            v = getattr(cfg, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"fab: config.{name} must be a positive int, got {v!r}")
+        for name in ("lr", "step_size"):
+            if not getattr(cfg, name) > 0:
+                raise ValueError(f"fab: config.{name} must be > 0, got {getattr(cfg, name)!r}")
+        if cfg.sigma is not None and not cfg.sigma > 0:
+            raise ValueError(f"fab: config.sigma must be > 0 or None, got {cfg.sigma!r}")
+        if not 0 < cfg.target_accept < 1:
+            raise ValueError(f"fab: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
+        if cfg.buffer_min > cfg.buffer_size:
+            raise ValueError(f"fab: config.buffer_min ({cfg.buffer_min}) must be <= buffer_size "
+                             f"({cfg.buffer_size})")
+        self.config = cfg
+        self.flow: RealNVP | None = None
+
+    @classmethod
+    def tiny_config(cls, target) -> FABConfig:
+        return FABConfig(sigma=SIGMA_DEFAULTS.get(_target_name(target), 1.0), n_layers=2,
+                         hidden=16, batch_size=32, buffer_min=64, buffer_size=256,
+                         n_leapfrog=2, max_iters=8, sample_batch=256)
+
+    # ------------------------------------------------------------------ coordinates
+    def _bind(self, target, generator):
+        cfg = self.config
+        self.target, self.device = target, torch.device(cfg.device)
+        self.sigma = float(cfg.sigma if cfg.sigma is not None else SIGMA_DEFAULTS.get(target.name, 1.0))
+        if getattr(target, "n_particles", None) is None:
+            self.basis = None
+            self.d_eff = target.dim
+        else:
+            self.basis = helmert_basis(target.n_particles, target.spatial_dim).to(self.device)
+            self.d_eff = self.basis.shape[1]
+        self.flow = RealNVP(self.d_eff, cfg.n_layers, cfg.hidden, generator)
+        for m in self.flow.modules():
+            if isinstance(m, nn.Linear):
+                if getattr(m, "zero_init", False):
+                    nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+                else:
+                    b = 1 / math.sqrt(m.in_features)
+                    nn.init.uniform_(m.weight, -b, b, generator=generator)
+                    nn.init.uniform_(m.bias, -b, b, generator=generator)
+        self.flow.to(self.device)
+
+    def _to_x(self, u):   # flow space -> original flat coordinates
+        y = self.sigma * u
+        return y if self.basis is None else y @ self.basis.T
+
+    def _to_u(self, x):
+        y = x if self.basis is None else x @ self.basis
+        return y / self.sigma
+
+    def _log_q_u(self, u):
+        return self.flow.log_prob(u)
+
+    def _log_p_u(self, u):
+        """(log p̃ in u-space [n], its gradient [n, d_eff]); charged to the target."""
+        e, g = self.target.energy_and_grad(self._to_x(u.detach()))
+        g = g.to(u)
+        g_u = -self.sigma * (g if self.basis is None else g @ self.basis)
+        return -e.to(u) + self.d_eff * math.log(self.sigma), g_u
+
+    # ------------------------------------------------------------------ AIS
+    def _log_q_and_grad(self, u):
+        with torch.enable_grad():
+            v = u.detach().requires_grad_(True)
+            lq = self._log_q_u(v)
+            (gq,) = torch.autograd.grad(lq.sum(), v)
+        return lq.detach(), gq
+
+    def _ais(self, n, generator):
+        """AIS from q to p^2/q; returns (u [n, d], log w [n]) detached. Costs n energy evaluations
+        for x_0 plus n per leapfrog step."""
+        cfg = self.config
+        betas = torch.linspace(0, 1, cfg.n_intermediate + 2)[1:].tolist()
+        with torch.no_grad():
+            u, _ = self.flow.sample(n, generator, self.device)
+        log_q, grad_q = self._log_q_and_grad(u)
+        log_p, grad_p = self._log_p_u(u)
+        log_w = torch.zeros(n, device=self.device)
+        b_prev = 0.0
+        for k, b in enumerate(betas):
+            log_w = log_w + (b - b_prev) * 2 * (log_p - log_q)
+            b_prev = b
+            if k == len(betas) - 1:
+                break
+            last = {}
+
+            def energy_and_grad(v, b=b, last=last):
+                # pi_b ∝ q^(1-2b) p̃^(2b): energy -(1-2b) log q - 2b log p̃
+                lp, gp = self._log_p_u(v)
+                lq, gq = self._log_q_and_grad(v)
+                last.update(lp=lp, gp=gp)
+                return -(1 - 2 * b) * lq - 2 * b * lp, -(1 - 2 * b) * gq - 2 * b * gp
+
+            state = kernels.State(u, -(1 - 2 * b) * log_q - 2 * b * log_p,
+                                  -(1 - 2 * b) * grad_q - 2 * b * grad_p)
+            state, acc = kernels.hmc_step(state, energy_and_grad, self.step_sizes[k],
+                                          cfg.n_leapfrog, generator)
+            self.step_sizes[k] = self.adapters[k].update(float(acc.float().mean()))
+            self.accept[k] = float(acc.float().mean())
+            # The last leapfrog position is the proposal: reuse its log p̃ where accepted.
+            log_p = torch.where(acc, last["lp"], log_p)
+            grad_p = torch.where(acc[:, None], last["gp"], grad_p)
+            u = state.x
+            log_q, grad_q = self._log_q_and_grad(u)
+        return u.detach(), log_w.detach()
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:
+        if not isinstance(budget, Budget):
+            raise TypeError(f"fab.fit: budget must be a Budget, got {type(budget).__name__}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"fab.fit: generator must be a torch.Generator, "
+                            f"got {type(generator).__name__}")
+        cfg = self.config
+        self._bind(target, generator)
+        opt = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)
+        self.adapters = [kernels.Adapter(cfg.step_size, cfg.target_accept)
+                         for _ in range(cfg.n_intermediate)]
+        self.step_sizes = [cfg.step_size] * cfg.n_intermediate
+        self.accept = [float("nan")] * cfg.n_intermediate
+        buf_u = torch.empty(0, self.d_eff, device=self.device)
+        buf_lw = torch.empty(0, device=self.device)
+        buf_lq = torch.empty(0, device=self.device)
+        clock = budget.start(target)
+        cost = cfg.batch_size * (1 + cfg.n_intermediate * cfg.n_leapfrog)
+        steps, rounds, last = 0, 0, {}
+        while (not clock.exhausted(steps) and clock.allows(cost)
+               and (cfg.max_iters is None or steps < cfg.max_iters)):
+            u, log_w = self._ais(cfg.batch_size, generator)
+            rounds += 1
+            keep = torch.isfinite(log_w)
+            with torch.no_grad():
+                lq = self._log_q_u(u[keep])
+            buf_u = torch.cat([buf_u, u[keep]])[-cfg.buffer_size:]
+            buf_lw = torch.cat([buf_lw, log_w[keep]])[-cfg.buffer_size:]
+            buf_lq = torch.cat([buf_lq, lq])[-cfg.buffer_size:]
+            last["ais_log_z2"] = float(torch.logsumexp(log_w.double(), 0) - math.log(len(log_w)))
+            if buf_u.shape[0] < cfg.buffer_min:
+                continue
+            for _ in range(cfg.n_updates_per_ais):
+                if cfg.max_iters is not None and steps >= cfg.max_iters:
+                    break
+                idx = torch.multinomial(torch.softmax(buf_lw.double(), 0).float().cpu(),
+                                        cfg.batch_size, replacement=True,
+                                        generator=generator).to(self.device)
+                loss = -self._log_q_u(buf_u[idx]).mean()
+                check_finite(loss.detach(), "fab: training loss")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.max_grad_norm)
+                opt.step()
+                steps += 1
+                with torch.no_grad():  # q changed: re-weight the drawn points for p^2/q
+                    lq_new = self._log_q_u(buf_u[idx])
+                    buf_lw[idx] = buf_lw[idx] + buf_lq[idx] - lq_new
+                    buf_lq[idx] = lq_new
+                last["loss"] = float(loss.detach())
+        return {"steps": steps, "ais_rounds": rounds, "sigma": self.sigma,
+                "buffer": int(buf_u.shape[0]), "energy_evals": clock.energy_evals,
+                "seconds": clock.seconds, "hmc_step_sizes": list(self.step_sizes),
+                "hmc_accept": list(self.accept), **{f"train_{k}": v for k, v in last.items()}}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, dim]`` float32 CPU flow samples (no energy evaluations)."""
+        if self.flow is None:
+            raise RuntimeError("fab: call fit(target, budget, generator) before sampling")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"fab: n must be a positive int, got {n!r}")
+        out = []
+        for start in range(0, n, self.config.sample_batch):
+            u, _ = self.flow.sample(min(self.config.sample_batch, n - start), generator, self.device)
+            x = self._to_x(u)
+            check_finite(x, "fab: samples")
+            out.append(x.float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) ``[n]`` for ``x [n, dim]`` in original coordinates (particles: mean-free, a
+        density on the mean-free subspace)."""
+        if self.flow is None:
+            raise RuntimeError("fab: call fit(target, budget, generator) before log_prob")
+        if x.ndim != 2 or x.shape[1] != self.target.dim:
+            raise ValueError(f"fab.log_prob: x must have shape [n, {self.target.dim}], "
+                             f"got {tuple(x.shape)}")
+        u = self._to_u(x.to(self.device, torch.float32))
+        return (self._log_q_u(u) - self.d_eff * math.log(self.sigma)).cpu()
