@@ -246,8 +246,8 @@ def write_reference(samples: torch.Tensor, provenance: dict, out: Path, name: st
 
 
 # ----------------------------------------------------------------------------- commands
-def _run(target, args, log) -> tuple[dict, dict]:
-    """Shared by build and check: starting points, the run, its diagnostics and settings."""
+def _run(target, args, log) -> tuple[dict, dict, torch.Generator]:
+    """Shared by build and check: starting points, the run, its settings, the generator."""
     gen = torch.Generator().manual_seed(args.generator_seed)
     x0 = initial_states(target, args.chains, gen)
     h0 = args.step_size or DEFAULT_STEP[target.name][args.kernel]
@@ -261,25 +261,29 @@ def _run(target, args, log) -> tuple[dict, dict]:
                 "leapfrog_steps": args.leapfrog if args.kernel == "hmc" else None,
                 "init": "random rotation + permutation of a Mackay icosahedron, quenched"
                         if target.name.startswith("lj") else "N(0, 1.5^2) per coordinate, quenched",
-                "seed": args.seed, "generator_seed": args.generator_seed}
-    return run, settings
+                "seed": args.seed, "generator_seed": args.generator_seed,
+                "code_version": code_version()}  # taken at the start: the code that ran
+    return run, settings, gen
 
 
 def build(args, log=print) -> Path:
     """``make_reference <target>``: run, shuffle, keep ``n`` rows, write samples + provenance."""
     torch.set_num_threads(args.threads)
     target = get(args.target)
-    t0 = time.perf_counter()
-    run, settings = _run(target, args, log)
+    t0, c0 = time.perf_counter(), time.process_time()
+    run, settings, gen = _run(target, args, log)
     diag = summarise(target, run)
     x = run["draws"].reshape(-1, target.dim)
-    gen = torch.Generator().manual_seed(args.generator_seed + 1)
     x = target.remove_mean(x[torch.randperm(x.shape[0], generator=gen)][: args.n])
+    e = target.energy(x).double()
     prov = {"format": "boltzbench-mcmc-reference/1", **target.describe(), "split": args.split,
-            "n": int(x.shape[0]), "mean_free": True, "rows": "shuffled draws of all chains",
+            "n": int(x.shape[0]), "mean_free": True,
+            "rows": "a random n of the chains x draws_per_chain draws, shuffled; diagnostics are "
+                    "over all draws",
+            "energy_of_file": {"mean": float(e.mean()), "std": float(e.std())},
             **settings, "diagnostics": diag, "energy_evals": target.counter.energy_evals,
             "grad_evals": target.counter.grad_evals, "wall_seconds": time.perf_counter() - t0,
-            "torch_threads": args.threads, "code_version": code_version(),
+            "cpu_seconds": time.process_time() - c0, "torch_threads": args.threads,
             "command": "python -m targets.make_reference " + " ".join(args.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     npy, meta = write_reference(x, prov, Path(args.out), target.name, args.split)
@@ -311,7 +315,7 @@ def check(args, log=print) -> dict:
     torch.set_num_threads(args.threads)
     target = get(args.target)
     t0 = time.perf_counter()
-    run, settings = _run(target, args, log)
+    run, settings, _ = _run(target, args, log)
     diag = summarise(target, run)
     fresh = target.remove_mean(run["draws"].transpose(0, 1).reshape(-1, target.dim))[: args.n]
     cmp = compare_energies(target, fresh, fresh.shape[0])
@@ -330,7 +334,6 @@ def check(args, log=print) -> dict:
     report = {"format": "boltzbench-reference-check/1", **target.describe(), **settings,
               "diagnostics": diag, "comparison": cmp, "mean_energy_z": z,
               "verdict": verdict, "wall_seconds": time.perf_counter() - t0,
-              "code_version": code_version(),
               "command": "python -m targets.make_reference " + " ".join(args.argv)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"check_{target.name}.json"
