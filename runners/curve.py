@@ -1,0 +1,135 @@
+"""``python -m runners.curve targets=gmm40 samplers=idem outer=400 every=25 [grid options]``
+
+A learning curve of iDEM / pDEM: train outer iteration by outer iteration (``n_inner`` optimiser
+steps, then for iDEM a generation into the buffer) and, every ``every`` outer iterations, draw
+``n_eval`` samples and score them with the grid's metrics (runners/scoring.py, same reference
+points). One CSV row per evaluation is appended to ``OUT/curve.csv`` as soon as it exists, so a
+run stopped at any point keeps every finished evaluation.
+
+It takes the grid's ``key=value`` options for exactly one target and one sampler (``profile``,
+``seeds=[k]``, ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides such as
+``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid cell's,
+so the last row of a run of N outer iterations scores what a grid cell with
+``idem.max_outer=N`` would sample (the grid's sampling generator, evaluated at that point).
+Its own options: ``outer`` (outer iterations, default 100) and ``every`` (default 10). The
+profile's energy budget is not applied: ``outer`` is the budget, and each row records the
+energy evaluations spent so far. Evaluation samples come from a generator separate from the
+training one, so evaluating does not change the training trajectory.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import samplers
+import targets
+from . import rows, scoring
+from .cell import cell_seed, stable_int
+from .config import ConfigError, build_sampler_config, parse
+
+OWN = {"outer": 100, "every": 10}
+SUPPORTED = ("idem", "pdem")
+METRIC_COLUMNS = ("x_w2", "x_w2_aligned", "energy_w1", "energy_w2", "energy_w2_sq", "dist_tvd",
+                  "energy_tvd")
+
+
+def _split(argv: list[str]) -> tuple[dict, list[str]]:
+    own, rest = dict(OWN), []
+    for tok in argv:
+        key, eq, val = tok.partition("=")
+        if eq and key in OWN:
+            try:
+                own[key] = int(val)
+            except ValueError:
+                raise ConfigError(f"{key}: got {val!r}; expected a positive integer") from None
+            if own[key] < 1:
+                raise ConfigError(f"{key}: got {own[key]}; expected a positive integer")
+        else:
+            rest.append(tok)
+    return own, rest
+
+
+def run(argv: list[str]) -> Path:
+    own, grid_argv = _split(argv)
+    if not any(t.startswith("profile=") for t in grid_argv):
+        grid_argv.append("profile=paper")
+    grid = parse(grid_argv)
+    if len(grid.targets) != 1 or len(grid.samplers) != 1 or len(grid.seeds) != 1:
+        raise ConfigError(f"a curve needs one target, one sampler and one seed; got targets "
+                          f"{grid.targets}, samplers {grid.samplers}, seeds {grid.seeds}")
+    t_name, s_name, seed = grid.targets[0], grid.samplers[0], grid.seeds[0]
+    if s_name not in SUPPORTED:
+        raise ConfigError(f"samplers: got {s_name!r}; curves need outer iterations: "
+                          f"{', '.join(SUPPORTED)}")
+    out = Path(grid.config.out or f"results/runs/curve-{t_name}-{s_name}-s{seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(grid.config.threads)
+    target = targets.get(t_name)
+    values = grid.sampler_configs[(s_name, t_name)]
+    sampler = samplers.get(s_name)(build_sampler_config(s_name, values))
+    cseed = cell_seed(grid.config.base_seed, t_name, s_name, seed)
+    train_gen = torch.Generator().manual_seed(cseed)
+    eval_seed = stable_int(cseed, "sample")
+    path = out / "curve.csv"
+    print(f"[curve] {t_name} / {s_name} / seed {seed}: {own['outer']} outer iterations, scored "
+          f"every {own['every']} on {grid.n_eval} samples -> {path}", flush=True)
+    t0 = time.perf_counter()
+    sampler.setup(target, train_gen)
+    fields = ["target", "sampler", "seed", "cell_seed", "outer", "steps", "energy_evals",
+              "train_seconds", "eval_seconds", "mean_loss", *METRIC_COLUMNS, "code_version",
+              "config"]
+    version, train_s = rows.code_version(), time.perf_counter() - t0
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for k in range(1, own["outer"] + 1):
+            t1 = time.perf_counter()
+            loss = sampler.outer_iteration(train_gen)
+            train_s += time.perf_counter() - t1
+            if not math.isfinite(loss):
+                print(f"[curve] outer {k}: loss {loss}; stopping", flush=True)
+                break
+            if k % own["every"] and k != own["outer"]:
+                continue
+            t2 = time.perf_counter()
+            spent = target.counter.snapshot()
+            x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(eval_seed))
+            scores, errors, _ = scoring.score(target, x, metric_options=grid.metric_options)
+            # sampling for the curve (LJ-55's negative-time gradients) is not training spend
+            target.counter.energy_evals = spent["energy_evals"]
+            target.counter.grad_evals = spent["grad_evals"]
+            row = {"target": t_name, "sampler": s_name, "seed": seed, "cell_seed": cseed,
+                   "outer": k, "steps": sampler.steps, "energy_evals": spent["energy_evals"],
+                   "train_seconds": round(train_s, 2),
+                   "eval_seconds": round(time.perf_counter() - t2, 2), "mean_loss": loss,
+                   **scores, "code_version": version,
+                   "config": json.dumps(rows.jsonable(values), sort_keys=True)}
+            writer.writerow(row)
+            fh.flush()
+            shown = ", ".join(f"{m} {scores[m]:.4g}" for m in METRIC_COLUMNS if m in scores)
+            print(f"[curve] outer {k} ({train_s:.0f} s training): loss {loss:.4g}; {shown}",
+                  flush=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    try:
+        run(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
