@@ -7,7 +7,7 @@ points). One CSV row per evaluation is appended to ``OUT/curve.csv`` as soon as 
 run stopped at any point keeps every finished evaluation.
 
 It takes the grid's ``key=value`` options for exactly one target and one sampler (``profile``,
-``seeds=[k]``, ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides such as
+``seeds=[k]`` (default ``[0]``), ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides such as
 ``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid cell's,
 so the last row of a run of N outer iterations scores what a grid cell with
 ``idem.max_outer=N`` would sample (the grid's sampling generator, evaluated at that point).
@@ -59,6 +59,8 @@ def run(argv: list[str]) -> Path:
     own, grid_argv = _split(argv)
     if not any(t.startswith("profile=") for t in grid_argv):
         grid_argv.append("profile=paper")
+    if not any(t.startswith("seeds=") for t in grid_argv):
+        grid_argv.append("seeds=[0]")  # one seed unless told (profiles list several)
     grid = parse(grid_argv)
     if len(grid.targets) != 1 or len(grid.samplers) != 1 or len(grid.seeds) != 1:
         raise ConfigError(f"a curve needs one target, one sampler and one seed; got targets "
