@@ -42,6 +42,7 @@ from submitit.core.utils import UncompletedJobError
 import metrics
 import samplers
 import targets
+from samplers.allocator import retain_freed_memory
 from . import rows, scoring
 from .config import build_sampler_config, load_plugins
 
@@ -137,6 +138,7 @@ def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
     rows.write_text(spec.dir / rows.CONFIG_FILE, OmegaConf.to_yaml(rows.jsonable(spec.resolved())))
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
+    retain_freed_memory()  # every sampler's large temporaries reuse mapped pages
     live = live if live is not None else {}
     try:
         previous = _arm(spec.timeout_s)

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import register
+from .allocator import retain_freed_memory
 from .base import Budget, Diverged, check_finite
 from .dem.buffer import ReplayBuffer
 from .dem.config import DEMConfig, resolve, validate
@@ -93,6 +94,7 @@ class IDEM:
         ``clock`` (a BudgetClock) lets the estimator-driven GMM start fall back to the prior
         when it would not fit the energy budget."""
         c = self.rc = resolve(self.config, target, self.name)
+        retain_freed_memory()  # large edge tensors reuse mapped pages (samplers/allocator.py)
         self.target, self.device = target, torch.device(c.device)
         self.space = Space(target, c.coord_scale)
         self.schedule = GeometricSchedule(c.sigma_min, c.sigma_max)

@@ -21,7 +21,8 @@ Linear(2H+2, H) is split into a source part, a target part and two rank-one term
 [B, N, N-1, 2H+2] concatenation is never built. In the first layer all nodes carry the same h = t
 and the edge attribute equals the current squared distance, so messages are symmetric and that
 layer runs on unordered pairs (:meth:`EGNNLayer.forward_first`). The official final node Linear
-(``embedding_out``), whose output is discarded, is left out.
+(``embedding_out``), whose output is discarded, is left out, and so is the last layer's node
+update, whose output nothing reads (its parameters stay, with no gradient, as officially).
 
 Parameters are initialised from an explicit generator (:func:`init_parameters`) like PyTorch's
 default (U(+-1/sqrt(fan_in)) for weights and biases); the last coordinate layer uses Xavier-uniform
@@ -123,7 +124,7 @@ class EGNNLayer(nn.Module):
     def _node_update(self, h, agg):
         return h + self.node2(F.silu(self.node1(torch.cat([h, agg], dim=-1))))
 
-    def forward(self, h, x, a0, nbr):
+    def forward(self, h, x, a0, nbr, update_h: bool = True):
         H = self.hidden
         diff = x.unsqueeze(2) - x[:, nbr]                        # [B, N, N-1, D]: x_i - x_j
         radial = diff.pow(2).sum(-1, keepdim=True)               # [B, N, N-1, 1]
@@ -135,9 +136,9 @@ class EGNNLayer(nn.Module):
         m, phi = self._messages(pre)
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         x = x + (unit * phi).sum(2) * self.coords_range
-        return self._node_update(h, m.sum(2)), x
+        return (self._node_update(h, m.sum(2)) if update_h else h), x
 
-    def forward_first(self, h0, x, pairs):
+    def forward_first(self, h0, x, pairs, update_h: bool = True):
         """The first layer, where every node carries the same h0 ``[B, H]`` (h = t) and the edge
         attribute equals the current squared distance: m_ij = m_ji and phi_ij = phi_ji, so the
         edge networks run on the N(N-1)/2 unordered pairs only (same function, half the work).
@@ -153,7 +154,9 @@ class EGNNLayer(nn.Module):
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         trans = (unit * phi)[:, pair_of] * sign.unsqueeze(-1)   # [B, N, N-1, D], antisymmetric
         x = x + trans.sum(2) * self.coords_range
-        h = self._node_update(h0.unsqueeze(1).expand(-1, N, H), m[:, pair_of].sum(2))
+        h = h0.unsqueeze(1).expand(-1, N, H)
+        if update_h:
+            h = self._node_update(h, m[:, pair_of].sum(2))
         return h, x, radial[:, pair_of]
 
 
@@ -176,9 +179,10 @@ class EGNN(nn.Module):
         x0 = x.reshape(B, self.n_particles, self.spatial_dim)
         h0 = self.embedding(t.reshape(-1, 1).to(x.dtype)).expand(B, -1)  # h = t on every node
         pairs = (self.pi, self.pj, self.pair_of, self.sign.to(x.dtype))
-        h, y, a0 = self.layers[0].forward_first(h0, x0, pairs)
-        for layer in self.layers[1:]:
-            h, y = layer(h, y, a0, self.nbr)
+        last = len(self.layers) - 1  # its node update feeds nothing: the output is x only
+        h, y, a0 = self.layers[0].forward_first(h0, x0, pairs, update_h=last > 0)
+        for k, layer in enumerate(self.layers[1:], start=1):
+            h, y = layer(h, y, a0, self.nbr, update_h=k < last)
         v = y - x0
         return (v - v.mean(1, keepdim=True)).reshape(B, -1)
 
