@@ -24,7 +24,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30   # blocks below 1 GiB come from the heap (a glibc that refuses the
 #                            value returns 0 and keeps its default)
-TRIM_THRESHOLD = 1 << 31   # return heap memory to the OS only above 2 GiB of free top space
+TRIM_THRESHOLD = -1        # never shrink the heap (mallopt(3): -1 disables trimming; a positive
+#                            value is an int, at most 2 GiB, below an LJ-13 training step's peak)
 
 _state: dict[str, bool] = {}
 

@@ -93,6 +93,13 @@ def pair_index(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     return pi, pj, lookup[rows, nbr], sign
 
 
+def _neighbours(v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``v [B, N, ...]`` gathered along the node axis by ``index [N, K]`` -> ``[B, N, K, ...]``.
+    ``index_select`` on the flattened index: on CPU about 5x faster than ``v[:, index]``
+    (advanced indexing) for LJ-13 edge tensors (3 ms vs 14 ms for [256, 13, 12, 128])."""
+    return v.index_select(1, index.reshape(-1)).view(v.shape[0], *index.shape, *v.shape[2:])
+
+
 class EGNNLayer(nn.Module):
     """One E(n)-equivariant layer on ``h [B, N, H]``, ``x [B, N, D]``, ``a0 [B, N, N-1, 1]``;
     ``nbr`` from :func:`neighbour_index`. Edge tensors are ``[B, N, N-1, .]``."""
@@ -126,13 +133,15 @@ class EGNNLayer(nn.Module):
 
     def forward(self, h, x, a0, nbr, update_h: bool = True):
         H = self.hidden
-        diff = x.unsqueeze(2) - x[:, nbr]                        # [B, N, N-1, D]: x_i - x_j
+        diff = x.unsqueeze(2) - _neighbours(x, nbr)              # [B, N, N-1, D]: x_i - x_j
         radial = diff.pow(2).sum(-1, keepdim=True)               # [B, N, N-1, 1]
         W = self.edge1.weight
         src = F.linear(h, W[:, :H], self.edge1.bias)             # [B, N, H]
         dst = F.linear(h, W[:, H:2 * H])
-        pre = dst[:, nbr]                                        # [B, N, N-1, H] (fresh tensor)
-        pre.add_(src.unsqueeze(2)).addcmul_(radial, W[:, 2 * H]).addcmul_(a0, W[:, 2 * H + 1])
+        pre = _neighbours(dst, nbr)                              # [B, N, N-1, H] (fresh tensor)
+        pre.add_(src.unsqueeze(2))
+        # both rank-one terms in one pass: [E, 2] @ [2, H] accumulated into pre
+        pre.view(-1, H).addmm_(torch.cat([radial, a0], -1).view(-1, 2), W[:, 2 * H:].t())
         m, phi = self._messages(pre)
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         x = x + (unit * phi).sum(2) * self.coords_range
@@ -143,7 +152,7 @@ class EGNNLayer(nn.Module):
         attribute equals the current squared distance: m_ij = m_ji and phi_ij = phi_ji, so the
         edge networks run on the N(N-1)/2 unordered pairs only (same function, half the work).
         Returns h ``[B, N, H]``, x and a0 ``[B, N, N-1, 1]``."""
-        pi, pj, pair_of, sign = pairs
+        pi, pj, pair_of, sign, incidence = pairs
         H, N = self.hidden, x.shape[1]
         diff = x[:, pi] - x[:, pj]                               # [B, P, D]
         radial = diff.pow(2).sum(-1, keepdim=True)               # [B, P, 1] (= a0 here)
@@ -152,12 +161,12 @@ class EGNNLayer(nn.Module):
         pre = torch.addcmul(c.unsqueeze(1), radial, W[:, 2 * H] + W[:, 2 * H + 1])  # [B, P, H]
         m, phi = self._messages(pre)
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
-        trans = (unit * phi)[:, pair_of] * sign.unsqueeze(-1)   # [B, N, N-1, D], antisymmetric
+        trans = _neighbours(unit * phi, pair_of) * sign.unsqueeze(-1)  # [B, N, N-1, D], antisym.
         x = x + trans.sum(2) * self.coords_range
         h = h0.unsqueeze(1).expand(-1, N, H)
-        if update_h:
-            h = self._node_update(h, m[:, pair_of].sum(2))
-        return h, x, radial[:, pair_of]
+        if update_h:  # node i sums the messages of its N-1 pairs: [N, P] incidence @ [B, P, H]
+            h = self._node_update(h, torch.matmul(incidence, m))
+        return h, x, _neighbours(radial, pair_of)
 
 
 class EGNN(nn.Module):
@@ -170,6 +179,10 @@ class EGNN(nn.Module):
         self.register_buffer("nbr", neighbour_index(n_particles), persistent=False)
         for name, v in zip(("pi", "pj", "pair_of", "sign"), pair_index(n_particles)):
             self.register_buffer(name, v, persistent=False)
+        incidence = torch.zeros(n_particles, self.pi.numel())   # [N, P]: 1 where i is in pair p
+        incidence[self.pi, torch.arange(self.pi.numel())] = 1.0
+        incidence[self.pj, torch.arange(self.pi.numel())] = 1.0
+        self.register_buffer("incidence", incidence, persistent=False)
         self.embedding = nn.Linear(1, hidden)
         self.layers = nn.ModuleList(EGNNLayer(hidden, coords_range / n_layers)
                                     for _ in range(n_layers))
@@ -178,7 +191,8 @@ class EGNN(nn.Module):
         B = x.shape[0]
         x0 = x.reshape(B, self.n_particles, self.spatial_dim)
         h0 = self.embedding(t.reshape(-1, 1).to(x.dtype)).expand(B, -1)  # h = t on every node
-        pairs = (self.pi, self.pj, self.pair_of, self.sign.to(x.dtype))
+        pairs = (self.pi, self.pj, self.pair_of, self.sign.to(x.dtype),
+                 self.incidence.to(x.dtype))
         last = len(self.layers) - 1  # its node update feeds nothing: the output is x only
         h, y, a0 = self.layers[0].forward_first(h0, x0, pairs, update_h=last > 0)
         for k, layer in enumerate(self.layers[1:], start=1):
