@@ -14,13 +14,13 @@ so the last row of a run of N outer iterations scores what a grid cell with
 Its own options: ``outer`` (outer iterations, default 100) and ``every`` (default 10). The
 profile's energy budget is not applied: ``outer`` is the budget, and each row records the
 energy evaluations spent so far. Evaluation samples come from a generator separate from the
-training one, so evaluating does not change the training trajectory.
+training one, so evaluating does not change the training trajectory. A divergence (NaN/inf loss
+or samples) ends the curve with a row of status ``diverged`` and its reason, exit status 0.
 """
 from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -83,7 +83,7 @@ def run(argv: list[str]) -> Path:
           f"every {own['every']} on {grid.n_eval} samples -> {path}", flush=True)
     t0 = time.perf_counter()
     sampler.setup(target, train_gen)
-    fields = ["target", "sampler", "seed", "cell_seed", "outer", "steps", "energy_evals",
+    fields = ["target", "sampler", "seed", "cell_seed", "status", "reason", "outer", "steps", "energy_evals",
               "train_seconds", "eval_seconds", "mean_loss", *METRIC_COLUMNS, "code_version",
               "config"]
     version, train_s = rows.code_version(), time.perf_counter() - t0
@@ -92,22 +92,28 @@ def run(argv: list[str]) -> Path:
         writer.writeheader()
         for k in range(1, own["outer"] + 1):
             t1 = time.perf_counter()
-            loss = sampler.outer_iteration(train_gen)
-            train_s += time.perf_counter() - t1
-            if not math.isfinite(loss):
-                print(f"[curve] outer {k}: loss {loss}; stopping", flush=True)
+            try:
+                loss = sampler.outer_iteration(train_gen)
+                if k % own["every"] and k != own["outer"]:
+                    train_s += time.perf_counter() - t1
+                    continue
+                train_s += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                spent = target.counter.snapshot()
+                x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(eval_seed))
+            except samplers.Diverged as exc:  # a recorded outcome, as in a grid cell
+                writer.writerow({"target": t_name, "sampler": s_name, "seed": seed,
+                                 "cell_seed": cseed, "outer": k, "steps": sampler.steps,
+                                 "status": "diverged", "reason": str(exc),
+                                 "code_version": version})
+                print(f"[curve] outer {k}: diverged: {exc}", flush=True)
                 break
-            if k % own["every"] and k != own["outer"]:
-                continue
-            t2 = time.perf_counter()
-            spent = target.counter.snapshot()
-            x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(eval_seed))
             scores, errors, _ = scoring.score(target, x, metric_options=grid.metric_options)
             # sampling for the curve (LJ-55's negative-time gradients) is not training spend
             target.counter.energy_evals = spent["energy_evals"]
             target.counter.grad_evals = spent["grad_evals"]
             row = {"target": t_name, "sampler": s_name, "seed": seed, "cell_seed": cseed,
-                   "outer": k, "steps": sampler.steps, "energy_evals": spent["energy_evals"],
+                   "status": "ok", "reason": "", "outer": k, "steps": sampler.steps, "energy_evals": spent["energy_evals"],
                    "train_seconds": round(train_s, 2),
                    "eval_seconds": round(time.perf_counter() - t2, 2), "mean_loss": loss,
                    **scores, "code_version": version,

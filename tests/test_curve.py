@@ -62,3 +62,21 @@ def test_allocator_tuning_applies_on_glibc_once(monkeypatch):
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first is True  # glibc accepted both thresholds
     assert retain_freed_memory() is first  # applied once per process, same answer
+
+
+def test_divergence_is_a_recorded_row_not_a_crash(tmp_path, monkeypatch):
+    from samplers import Diverged
+    from samplers.idem import IDEM
+    real = IDEM.outer_iteration
+
+    def diverge_at_third(self, generator):
+        if self.outer == 2:
+            raise Diverged("idem: training loss is nan at step 6")
+        return real(self, generator)
+    monkeypatch.setattr(IDEM, "outer_iteration", diverge_at_third)
+    out = tmp_path / "c"
+    assert curve.main(["targets=dw4", "samplers=idem", "outer=5", "every=1", f"out={out}",
+                       *TINY]) == 0
+    got = _curve_rows(out / "curve.csv")
+    assert [(int(r["outer"]), r["status"]) for r in got] == [(1, "ok"), (2, "ok"), (3, "diverged")]
+    assert "loss is nan" in got[-1]["reason"] and got[-1]["x_w2"] == ""
