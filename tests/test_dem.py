@@ -196,6 +196,23 @@ def test_dense_egnn_equals_edge_list_formulation(layers):
         assert torch.allclose(net(t, x), ref, atol=1e-10)
 
 
+def test_float32_sampling_path_equals_the_autograd_path():
+    """Without autograd, float32 CPU layers use oneDNN's fused linear+SiLU (where available) and
+    in-place activations; the function must be the autograd path's to float32 rounding."""
+    g = torch.Generator().manual_seed(5)
+    from samplers.dem import networks
+    if torch.backends.mkldnn.is_available():  # the fast path must not silently disappear
+        assert networks._FUSED
+    net = _egnn(13, 3, layers=3, hidden=32, seed=6).float()
+    x = torch.randn(64, 39, generator=g)
+    t = torch.rand(64, generator=g)
+    train_path = net(t, x).detach()
+    with torch.no_grad():
+        sample_path = net(t, x)
+    assert train_path.abs().max() > 1e-3  # a non-trivial output
+    assert torch.allclose(sample_path, train_path, rtol=1e-4, atol=1e-6)
+
+
 def test_a_shared_time_gives_the_same_output_as_a_per_sample_time():
     g = torch.Generator().manual_seed(4)
     for net, dim in ((build_network("mlp", 2, None, 32, 2, g), 2), (_egnn(4, 2).float(), 8)):

@@ -93,6 +93,32 @@ def pair_index(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     return pi, pj, lookup[rows, nbr], sign
 
 
+def _fused_linear_silu_available() -> bool:
+    try:
+        x = torch.ones(2, 2)
+        out = torch.ops.mkldnn._linear_pointwise(x, x, x[0], "swish", [], "")
+        return bool(torch.allclose(out, F.silu(F.linear(x, x, x[0]))))
+    except Exception:  # noqa: BLE001 - no oneDNN in this build: the unfused path
+        return False
+
+
+_FUSED = _fused_linear_silu_available()
+
+
+def _linear_silu(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """silu(lin(x)). Without autograd, on CPU float32, oneDNN's linear with the SiLU fused into
+    its epilogue (the kernel inductor uses): one pass over the output instead of a bias copy, the
+    GEMM and the activation (measured: LJ-13 generation forward ~15% faster; for the small GMM-40
+    MLP batches the fused GELU was no faster, so ScoreMLP stays eager)."""
+    if _FUSED and not torch.is_grad_enabled() and x.device.type == "cpu" \
+            and x.dtype == torch.float32:
+        shape = x.shape
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), lin.weight, lin.bias,
+                                               "swish", [], "")
+        return y.view(*shape[:-1], y.shape[-1])
+    return F.silu(lin(x), inplace=not torch.is_grad_enabled())
+
+
 def _neighbours(v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``v [B, N, ...]`` gathered along the node axis by ``index [N, K]`` -> ``[B, N, K, ...]``.
     ``index_select`` on the flattened index: on CPU about 5x faster than ``v[:, index]``
@@ -123,13 +149,13 @@ class EGNNLayer(nn.Module):
         ``[..., 1]``. Without autograd (sampling) activations run in place: fewer big
         allocations, whose page faults cost as much as the arithmetic on CPU."""
         inplace = not torch.is_grad_enabled()
-        m = F.silu(self.edge2(F.silu(pre, inplace=inplace)), inplace=inplace)
+        m = _linear_silu(F.silu(pre, inplace=inplace), self.edge2)
         gate = torch.sigmoid(self.att(m))                        # attention gate
         m = m.mul_(gate) if inplace else m * gate
-        return m, torch.tanh(self.coord2(F.silu(self.coord1(m), inplace=inplace)))
+        return m, torch.tanh(self.coord2(_linear_silu(m, self.coord1)))
 
     def _node_update(self, h, agg):
-        return h + self.node2(F.silu(self.node1(torch.cat([h, agg], dim=-1))))
+        return h + self.node2(_linear_silu(torch.cat([h, agg], dim=-1), self.node1))
 
     def forward(self, h, x, a0, nbr, update_h: bool = True):
         H = self.hidden
