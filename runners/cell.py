@@ -289,7 +289,7 @@ def save_checkpoint(live: dict) -> bool:
     buf = io.BytesIO()
     torch.save({"state": sampler.state_dict(), **target.counter.snapshot(),
                 "fit_seconds": time.perf_counter() - live["t0"] + live["prior_seconds"]}, buf)
-    rows._atomic_bytes(spec.dir / CHECKPOINT_FILE, buf.getvalue())
+    rows.write_bytes(spec.dir / CHECKPOINT_FILE, buf.getvalue())
     return True
 
 

@@ -11,7 +11,10 @@ It takes the grid's ``key=value`` options for exactly one target and one sampler
 ``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid cell's,
 so the last row of a run of N outer iterations scores what a grid cell with
 ``idem.max_outer=N`` would sample (the grid's sampling generator, evaluated at that point).
-Its own options: ``outer`` (outer iterations, default 100) and ``every`` (default 10). The
+Its own options: ``outer`` (outer iterations, default 100), ``every`` (default 10) and
+``batches`` (independent sample sets per evaluation, default 1; one row each, ``batch`` 0 drawn
+with the grid cell's sampling seed). At the end the sampler's ``state_dict`` is saved to
+``OUT/state.pt``. The
 profile's energy budget is not applied: ``outer`` is the budget, and each row records the
 energy evaluations spent so far. Evaluation samples come from a generator separate from the
 training one, so evaluating does not change the training trajectory. A divergence (NaN/inf loss
@@ -20,6 +23,7 @@ or samples) ends the curve with a row of status ``diverged`` and its reason, exi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -33,7 +37,7 @@ from . import rows, scoring
 from .cell import cell_seed, stable_int
 from .config import ConfigError, build_sampler_config, parse
 
-OWN = {"outer": 100, "every": 10}
+OWN = {"outer": 100, "every": 10, "batches": 1}
 SUPPORTED = ("idem", "pdem")
 METRIC_COLUMNS = ("x_w2", "x_w2_aligned", "energy_w1", "energy_w2", "energy_w2_sq", "dist_tvd",
                   "energy_tvd")
@@ -55,20 +59,45 @@ def _split(argv: list[str]) -> tuple[dict, list[str]]:
     return own, rest
 
 
-def run(argv: list[str]) -> Path:
-    own, grid_argv = _split(argv)
-    if not any(t.startswith("profile=") for t in grid_argv):
-        grid_argv.append("profile=paper")
-    if not any(t.startswith("seeds=") for t in grid_argv):
-        grid_argv.append("seeds=[0]")  # one seed unless told (profiles list several)
-    grid = parse(grid_argv)
+FIELDS = ["target", "sampler", "seed", "cell_seed", "status", "reason", "outer", "batch", "steps",
+          "energy_evals", "train_seconds", "eval_seconds", "mean_loss", *METRIC_COLUMNS,
+          "code_version", "config"]
+
+
+def _grid(argv: list[str]):
+    if not any(t.startswith("profile=") for t in argv):
+        argv = [*argv, "profile=paper"]
+    if not any(t.startswith("seeds=") for t in argv):
+        argv = [*argv, "seeds=[0]"]  # one seed unless told (profiles list several)
+    grid = parse(argv)
     if len(grid.targets) != 1 or len(grid.samplers) != 1 or len(grid.seeds) != 1:
         raise ConfigError(f"a curve needs one target, one sampler and one seed; got targets "
                           f"{grid.targets}, samplers {grid.samplers}, seeds {grid.seeds}")
-    t_name, s_name, seed = grid.targets[0], grid.samplers[0], grid.seeds[0]
-    if s_name not in SUPPORTED:
-        raise ConfigError(f"samplers: got {s_name!r}; curves need outer iterations: "
+    if grid.samplers[0] not in SUPPORTED:
+        raise ConfigError(f"samplers: got {grid.samplers[0]!r}; curves need outer iterations: "
                           f"{', '.join(SUPPORTED)}")
+    return grid
+
+
+def _score_batches(sampler, target, grid, cseed: int, batches: int) -> list[dict]:
+    """Metric values of ``batches`` independent sample sets of ``n_eval``; batch 0 is drawn with
+    the grid cell's sampling seed. Evaluation spends nothing (counters restored)."""
+    spent = target.counter.snapshot()
+    out = []
+    for b in range(batches):
+        seed = stable_int(cseed, "sample") if b == 0 else stable_int(cseed, "sample", b)
+        x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(seed))
+        out.append(scoring.score(target, x, metric_options=grid.metric_options)[0])
+    # sampling for the curve (LJ-55's negative-time gradients) is not training spend
+    target.counter.energy_evals = spent["energy_evals"]
+    target.counter.grad_evals = spent["grad_evals"]
+    return out
+
+
+def run(argv: list[str]) -> Path:
+    own, grid_argv = _split(argv)
+    grid = _grid(grid_argv)
+    t_name, s_name, seed = grid.targets[0], grid.samplers[0], grid.seeds[0]
     out = Path(grid.config.out or f"results/runs/curve-{t_name}-{s_name}-s{seed}")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(grid.config.threads)
@@ -77,52 +106,49 @@ def run(argv: list[str]) -> Path:
     sampler = samplers.get(s_name)(build_sampler_config(s_name, values))
     cseed = cell_seed(grid.config.base_seed, t_name, s_name, seed)
     train_gen = torch.Generator().manual_seed(cseed)
-    eval_seed = stable_int(cseed, "sample")
     path = out / "curve.csv"
     print(f"[curve] {t_name} / {s_name} / seed {seed}: {own['outer']} outer iterations, scored "
-          f"every {own['every']} on {grid.n_eval} samples -> {path}", flush=True)
+          f"every {own['every']} on {own['batches']} x {grid.n_eval} samples -> {path}", flush=True)
+    ident = {"target": t_name, "sampler": s_name, "seed": seed, "cell_seed": cseed,
+             "code_version": rows.code_version()}
     t0 = time.perf_counter()
     sampler.setup(target, train_gen)
-    fields = ["target", "sampler", "seed", "cell_seed", "status", "reason", "outer", "steps", "energy_evals",
-              "train_seconds", "eval_seconds", "mean_loss", *METRIC_COLUMNS, "code_version",
-              "config"]
-    version, train_s = rows.code_version(), time.perf_counter() - t0
+    train_s = time.perf_counter() - t0
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         for k in range(1, own["outer"] + 1):
             t1 = time.perf_counter()
             try:
                 loss = sampler.outer_iteration(train_gen)
-                if k % own["every"] and k != own["outer"]:
-                    train_s += time.perf_counter() - t1
-                    continue
                 train_s += time.perf_counter() - t1
+                if k % own["every"] and k != own["outer"]:
+                    continue
                 t2 = time.perf_counter()
-                spent = target.counter.snapshot()
-                x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(eval_seed))
+                scored = _score_batches(sampler, target, grid, cseed, own["batches"])
             except samplers.Diverged as exc:  # a recorded outcome, as in a grid cell
-                writer.writerow({"target": t_name, "sampler": s_name, "seed": seed,
-                                 "cell_seed": cseed, "outer": k, "steps": sampler.steps,
-                                 "status": "diverged", "reason": str(exc),
-                                 "code_version": version})
+                writer.writerow({**ident, "outer": k, "steps": sampler.steps,
+                                 "status": "diverged", "reason": str(exc)})
                 print(f"[curve] outer {k}: diverged: {exc}", flush=True)
                 break
-            scores, errors, _ = scoring.score(target, x, metric_options=grid.metric_options)
-            # sampling for the curve (LJ-55's negative-time gradients) is not training spend
-            target.counter.energy_evals = spent["energy_evals"]
-            target.counter.grad_evals = spent["grad_evals"]
-            row = {"target": t_name, "sampler": s_name, "seed": seed, "cell_seed": cseed,
-                   "status": "ok", "reason": "", "outer": k, "steps": sampler.steps, "energy_evals": spent["energy_evals"],
-                   "train_seconds": round(train_s, 2),
-                   "eval_seconds": round(time.perf_counter() - t2, 2), "mean_loss": loss,
-                   **scores, "code_version": version,
-                   "config": json.dumps(rows.jsonable(values), sort_keys=True)}
-            writer.writerow(row)
+            common = {**ident, "status": "ok", "reason": "", "outer": k, "steps": sampler.steps,
+                      "energy_evals": target.counter.snapshot()["energy_evals"],
+                      "train_seconds": round(train_s, 2),
+                      "eval_seconds": round(time.perf_counter() - t2, 2), "mean_loss": loss,
+                      "config": json.dumps(rows.jsonable(values), sort_keys=True)}
+            for b, scores in enumerate(scored):
+                writer.writerow({**common, "batch": b, **scores})
             fh.flush()
-            shown = ", ".join(f"{m} {scores[m]:.4g}" for m in METRIC_COLUMNS if m in scores)
+            shown = ", ".join(
+                f"{m} {sum(sc[m] for sc in scored) / len(scored):.4g}"
+                for m in METRIC_COLUMNS if m in scored[0])
             print(f"[curve] outer {k} ({train_s:.0f} s training): loss {loss:.4g}; {shown}",
                   flush=True)
+    state = out / "state.pt"
+    buf = io.BytesIO()
+    torch.save(sampler.state_dict(), buf)
+    rows.write_bytes(state, buf.getvalue())
+    print(f"[curve] sampler state after {sampler.outer} outer iterations -> {state}", flush=True)
     return path
 
 

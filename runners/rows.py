@@ -69,6 +69,10 @@ def write_json(path: Path, obj: dict) -> None:
     _atomic_bytes(Path(path), json.dumps(jsonable(obj), indent=1, allow_nan=True).encode())
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_bytes(Path(path), data)
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic_bytes(Path(path), text.encode())
 

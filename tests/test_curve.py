@@ -8,6 +8,7 @@ import math
 import platform
 
 import pytest
+import torch
 
 from runners import curve, grid, rows
 from samplers.allocator import retain_freed_memory
@@ -24,13 +25,18 @@ def _curve_rows(path):
 
 def test_curve_matches_a_grid_cell_at_the_same_outer_iteration(tmp_path, capsys):
     c_out, g_out = tmp_path / "curve", tmp_path / "grid"
-    assert curve.main(["targets=dw4", "samplers=idem", "outer=4", "every=2", f"out={c_out}",
+    assert curve.main(["targets=dw4", "samplers=idem", "outer=4", "every=2", "batches=2",
+                       f"out={c_out}",
                        *TINY]) == 0
-    got = _curve_rows(c_out / "curve.csv")
-    assert [int(r["outer"]) for r in got] == [2, 4]
+    rows_all = _curve_rows(c_out / "curve.csv")
+    assert [(int(r["outer"]), int(r["batch"])) for r in rows_all] == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    got = [r for r in rows_all if r["batch"] == "0"]
     assert [int(r["steps"]) for r in got] == [6, 12]
     # 3 steps x 16 x K=4 energy evaluations per outer iteration; evaluation spends none
     assert [int(r["energy_evals"]) for r in got] == [2 * 3 * 16 * 4, 4 * 3 * 16 * 4]
+    assert rows_all[2]["x_w2"] != rows_all[3]["x_w2"]  # batch 1: other samples, other value
+    state = torch.load(c_out / "state.pt", weights_only=False)
+    assert state["outer"] == 4 and state["steps"] == 12
     assert json.loads(got[-1]["config"])["n_mc"] == 4
     for r in got:
         assert math.isfinite(float(r["x_w2"])) and math.isfinite(float(r["dist_tvd"]))
