@@ -7,9 +7,9 @@ points). One CSV row per evaluation is appended to ``OUT/curve.csv`` as soon as 
 run stopped at any point keeps every finished evaluation.
 
 It takes the grid's ``key=value`` options for exactly one target and one sampler (``profile``,
-``seeds=[k]`` (default ``[0]``), ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides such as
-``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid cell's,
-so the last row of a run of N outer iterations scores what a grid cell with
+``seeds=[k]`` (default ``[0]``), ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides
+such as ``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid
+cell's, so the last row (batch 0) of a run of N outer iterations scores what a grid cell with
 ``idem.max_outer=N`` would sample (the grid's sampling generator, evaluated at that point).
 Its own options: ``outer`` (outer iterations, default 100), ``every`` (default 10) and
 ``batches`` (independent sample sets per evaluation, default 1; one row each, ``batch`` 0 drawn
