@@ -289,3 +289,14 @@ def test_buffer_fifo_and_uniform_sampling():
     counts = torch.bincount(draws.long(), minlength=12)
     assert counts[:2].sum() == 0
     assert (counts[2:].float() / 20000 - 0.1).abs().max() < 0.015
+
+
+def test_compiled_network_samples_like_the_eager_one():
+    """``compile=True`` (torch.compile of the network) on the no-grad sampling path, where the
+    eager network calls oneDNN's fused linear+SiLU: the traced graph must use plain ops."""
+    net = _egnn(4, 2, layers=2, hidden=8, seed=7).float()
+    compiled = torch.compile(net)
+    g = torch.Generator().manual_seed(8)
+    x, t = torch.randn(16, 8, generator=g), torch.tensor([0.4])
+    with torch.no_grad():
+        assert torch.allclose(compiled(t, x), net(t, x), rtol=1e-4, atol=1e-6)

@@ -105,13 +105,21 @@ def _fused_linear_silu_available() -> bool:
 _FUSED = _fused_linear_silu_available()
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces (its lowering rejects the raw oneDNN op)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()  # torch < 2.3
+
+
 def _linear_silu(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
     """silu(lin(x)). Without autograd, on CPU float32, oneDNN's linear with the SiLU fused into
     its epilogue (the kernel inductor uses): one pass over the output instead of a bias copy, the
     GEMM and the activation (measured: LJ-13 generation forward ~15% faster; for the small GMM-40
     MLP batches the fused GELU was no faster, so ScoreMLP stays eager)."""
     if _FUSED and not torch.is_grad_enabled() and x.device.type == "cpu" \
-            and x.dtype == torch.float32:
+            and x.dtype == torch.float32 and not _compiling():  # inductor fuses on its own
         shape = x.shape
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), lin.weight, lin.bias,
                                                "swish", [], "")
