@@ -300,26 +300,3 @@ def test_compiled_network_samples_like_the_eager_one():
     x, t = torch.randn(16, 8, generator=g), torch.tensor([0.4])
     with torch.no_grad():
         assert torch.allclose(compiled(t, x), net(t, x), rtol=1e-4, atol=1e-6)
-
-
-def test_large_cpu_noise_is_standard_normal_and_independent_of_threads():
-    from samplers.dem.estimator import NOISE_PARALLEL_MIN, standard_normal
-    shape = (64, NOISE_PARALLEL_MIN // 64 + 1)
-    before = torch.get_num_threads()
-    try:
-        draws = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            draws.append(standard_normal(shape, torch.Generator().manual_seed(9), "cpu",
-                                         torch.float32))
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(draws[0], draws[1])  # the split is fixed: threads never change numbers
-    z = draws[0].double()
-    n = z.numel()
-    assert abs(z.mean().item()) < 5 / n ** 0.5 and abs(z.var().item() - 1) < 5 * (2 / n) ** 0.5
-    assert abs((z ** 3).mean().item()) < 5 * (15 / n) ** 0.5  # no skew
-    top, bottom = z[:32].flatten(), z[32:].flatten()     # the two parts come from two streams
-    assert abs(torch.corrcoef(torch.stack([top, bottom]))[0, 1].item()) < 5 / top.numel() ** 0.5
-    small = standard_normal((4, 3), torch.Generator().manual_seed(9), "cpu", torch.float32)
-    assert torch.equal(small, torch.randn(4, 3, generator=torch.Generator().manual_seed(9)))

@@ -26,16 +26,9 @@ NaN stays NaN, so a broken energy still ends as `Diverged`.
 """
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
-
-NOISE_SPLIT = 2                 # parts of a large CPU noise draw (fixed: results never depend
-#                                 on the thread count)
-NOISE_PARALLEL_MIN = 1 << 20    # normals below which one generator draws everything
-_POOL: dict[str, ThreadPoolExecutor] = {}
 
 EnergyAndGrad = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 _EPS = 1e-6  # official clipper epsilon
@@ -59,38 +52,6 @@ def clip_norm(s: torch.Tensor, max_norm: float | None, group: int | None = None)
     return (sg * coef).reshape(s.shape)
 
 
-def standard_normal(shape: tuple[int, ...], generator: torch.Generator, device,
-                    dtype) -> torch.Tensor:
-    """N(0, 1) noise of ``shape`` from ``generator``. On CPU, large draws are split along the
-    first axis into ``NOISE_SPLIT`` parts, each filled from its own generator seeded from
-    ``generator``, in parallel threads when torch has more than one: a CPU generator (mt19937) is
-    sequential, and one thread drawing DW-4's 512 x 1000 x 8 normals took ~20 ms of a ~100 ms
-    step. The split is fixed, so the numbers depend on the generator only, never on the number
-    of threads."""
-    n = math.prod(shape)
-    if torch.device(device).type != "cpu" or n < NOISE_PARALLEL_MIN or shape[0] < NOISE_SPLIT:
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    seeds = torch.randint(2**62, (NOISE_SPLIT,), generator=generator).tolist()
-    out = torch.empty(shape, device=device, dtype=dtype)
-    parts = out.tensor_split(NOISE_SPLIT, dim=0)
-
-    def fill(i: int) -> None:
-        torch.randn(parts[i].shape, generator=torch.Generator().manual_seed(seeds[i]),
-                    dtype=dtype, out=parts[i])
-    if torch.get_num_threads() > 1:
-        list(_noise_pool().map(fill, range(NOISE_SPLIT)))
-    else:
-        for i in range(NOISE_SPLIT):
-            fill(i)
-    return out
-
-
-def _noise_pool() -> ThreadPoolExecutor:
-    if "pool" not in _POOL:
-        _POOL["pool"] = ThreadPoolExecutor(NOISE_SPLIT, thread_name_prefix="boltzbench-noise")
-    return _POOL["pool"]
-
-
 def mc_score(x_t: torch.Tensor, h_t: torch.Tensor, energy_and_grad: EnergyAndGrad, K: int,
              generator: torch.Generator, clip: float | None = None, group: int | None = None,
              chunk: int | None = None) -> torch.Tensor:
@@ -109,7 +70,7 @@ def mc_score(x_t: torch.Tensor, h_t: torch.Tensor, energy_and_grad: EnergyAndGra
         raise ValueError(f"mc_score: K must be a positive int, got {K!r}")
     with torch.no_grad():
         # y = x_t + sqrt(h) eps, built in place in the noise tensor (one B*K*dim allocation).
-        y = standard_normal((B, K, dim), generator, x_t.device, x_t.dtype)
+        y = torch.randn(B, K, dim, generator=generator, device=x_t.device, dtype=x_t.dtype)
         y.mul_(h_t.clamp(min=0).sqrt().to(x_t.dtype)[:, None, None]).add_(x_t[:, None, :])
         y = y.view(B * K, dim)
         if chunk is None or chunk >= B * K:
