@@ -5,9 +5,10 @@ LJ-13 are ``[256, 13, 12, 128]`` float32 = 20 MB per activation, thousands of ti
 generation). glibc serves blocks that large with ``mmap`` and unmaps them on free, so every new
 tensor starts on fresh pages and pays a page fault per 4 KiB on first touch: on a 2-core CPU a
 20 MB ``addmm`` bias copy took 28 ms instead of 8 ms, and an LJ-13 training step's network
-forward+backward took 4.4 s instead of 1.7 s (runners.bench; kernel time was a third of the
-total). Raising the mmap threshold and the trim threshold makes freed blocks stay in the heap,
-where the next allocation of that size reuses already-mapped pages.
+forward+backward took 4.4 s instead of 1.7 s (one thread, same conditions; page faults per LJ-13
+sampling forward 60k -> 0). Raising the mmap threshold and turning heap trimming off makes freed
+blocks stay in the heap, where the next allocation of that size reuses already-mapped pages.
+samplers.idem (``setup``) and runners.cell (``run_cell``) apply it; it is process-wide.
 
 The cost is that the process keeps its peak heap until it exits (the ``peak_memory_mb`` a grid
 row reports is unchanged: it is the peak resident set either way). Numbers are unaffected. It is
