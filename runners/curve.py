@@ -3,8 +3,8 @@
 A learning curve of iDEM / pDEM: train outer iteration by outer iteration (``n_inner`` optimiser
 steps, then for iDEM a generation into the buffer) and, every ``every`` outer iterations, draw
 ``n_eval`` samples and score them with the grid's metrics (runners/scoring.py, same reference
-points). One CSV row per evaluation is appended to ``OUT/curve.csv`` as soon as it exists, so a
-run stopped at any point keeps every finished evaluation.
+points). One CSV row per evaluated sample set is appended to ``OUT/curve.csv`` as soon as it
+exists, so a run stopped at any point keeps every finished evaluation.
 
 It takes the grid's ``key=value`` options for exactly one target and one sampler (``profile``,
 ``seeds=[k]`` (default ``[0]``), ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides
@@ -14,11 +14,11 @@ cell's, so the last row (batch 0) of a run of N outer iterations scores what a g
 Its own options: ``outer`` (outer iterations, default 100), ``every`` (default 10) and
 ``batches`` (independent sample sets per evaluation, default 1; one row each, ``batch`` 0 drawn
 with the grid cell's sampling seed). At the end the sampler's ``state_dict`` is saved to
-``OUT/state.pt``. The
-profile's energy budget is not applied: ``outer`` is the budget, and each row records the
-energy evaluations spent so far. Evaluation samples come from a generator separate from the
-training one, so evaluating does not change the training trajectory. A divergence (NaN/inf loss
-or samples) ends the curve with a row of status ``diverged`` and its reason, exit status 0.
+``OUT/state.pt``. The profile's energy budget is not applied: ``outer`` is the budget, and each
+row records the energy evaluations spent so far. Evaluation samples come from a generator
+separate from the training one, so evaluating does not change the training trajectory. A
+divergence (NaN/inf loss or samples) ends the curve with a row of status ``diverged`` and its
+reason, exit status 0.
 """
 from __future__ import annotations
 
