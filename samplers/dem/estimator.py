@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from samplers.dem.noise import standard_normal
+
 EnergyAndGrad = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 _EPS = 1e-6  # official clipper epsilon
 
@@ -70,7 +72,7 @@ def mc_score(x_t: torch.Tensor, h_t: torch.Tensor, energy_and_grad: EnergyAndGra
         raise ValueError(f"mc_score: K must be a positive int, got {K!r}")
     with torch.no_grad():
         # y = x_t + sqrt(h) eps, built in place in the noise tensor (one B*K*dim allocation).
-        y = torch.randn(B, K, dim, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        y = standard_normal((B, K, dim), generator, dtype=x_t.dtype, device=x_t.device)
         y.mul_(h_t.clamp(min=0).sqrt().to(x_t.dtype)[:, None, None]).add_(x_t[:, None, :])
         y = y.view(B * K, dim)
         if chunk is None or chunk >= B * K:

@@ -173,9 +173,15 @@ class EGNNLayer(nn.Module):
         src = F.linear(h, W[:, :H], self.edge1.bias)             # [B, N, H]
         dst = F.linear(h, W[:, H:2 * H])
         pre = _neighbours(dst, nbr)                              # [B, N, N-1, H] (fresh tensor)
-        pre.add_(src.unsqueeze(2))
-        # both rank-one terms in one pass: [E, 2] @ [2, H] accumulated into pre
-        pre.view(-1, H).addmm_(torch.cat([radial, a0], -1).view(-1, 2), W[:, 2 * H:].t())
+        pair_terms = torch.cat([radial, a0], -1).view(-1, 2)     # both rank-one terms: one
+        if torch.is_grad_enabled():                              # [E, 2] @ [2, H] product
+            # out of place: in-place ops on views make autograd clone and copy the [E, H]
+            # gradient twice per layer (CopySlices; DW-4 training ~8 copies of 3 MB per step)
+            pre = torch.addmm((pre + src.unsqueeze(2)).view(-1, H), pair_terms,
+                              W[:, 2 * H:].t()).view(pre.shape)
+        else:
+            pre.add_(src.unsqueeze(2))
+            pre.view(-1, H).addmm_(pair_terms, W[:, 2 * H:].t())
         m, phi = self._messages(pre)
         unit = diff / (torch.sqrt(radial + 1e-8) + 1.0)
         x = x + (unit * phi).sum(2) * self.coords_range
