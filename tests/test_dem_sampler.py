@@ -214,3 +214,21 @@ def test_paper_profile_states_the_paper_defaults():
         for tname, values in prof["samplers"][sampler].items():
             for key, v in values.items():
                 assert PAPER_DEFAULTS[tname][key] == v, (sampler, tname, key)
+
+
+def test_adam_is_torch_adam_without_weight_decay():
+    """The (fused, where available) optimiser takes the same steps as torch's reference Adam."""
+    from samplers.idem import adam
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, 3, generator=g)
+    grads = [torch.randn(5, 3, generator=g) for _ in range(4)]
+    results = []
+    for make in (lambda p: adam([p], 1e-2), lambda p: torch.optim.Adam([p], lr=1e-2)):
+        p = torch.nn.Parameter(w0.clone())
+        opt = make(p)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(results[0], w0)
