@@ -54,6 +54,7 @@ def test_curve_matches_a_grid_cell_at_the_same_outer_iteration(tmp_path, capsys)
     (["targets=dw4", "samplers=mala"], "curves need outer iterations"),
     (["targets=dw4", "samplers=idem", "outer=0"], "outer: got 0"),
     (["targets=dw4", "samplers=idem", "every=x"], "every: got 'x'"),
+    (["targets=dw4", "samplers=idem", "select=best"], "select: got 'best'; expected one of none, val"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(args, needle, tmp_path, capsys):
     out = tmp_path / "c"
@@ -78,3 +79,45 @@ def test_divergence_is_a_recorded_row_not_a_crash(tmp_path, monkeypatch):
     got = _curve_rows(out / "curve.csv")
     assert [(int(r["outer"]), r["status"]) for r in got] == [(1, "ok"), (2, "ok"), (3, "diverged")]
     assert "loss is nan" in got[-1]["reason"] and got[-1]["x_w2"] == ""
+
+
+def test_select_val_keeps_the_best_val_evaluation_and_leaves_training_alone(tmp_path):
+    plain, sel = tmp_path / "plain", tmp_path / "sel"
+    common = ["targets=gmm40", "samplers=idem", "outer=6", "every=1", "batches=2", *TINY]
+    assert curve.main([*common, f"out={plain}"]) == 0
+    assert curve.main([*common, "select=val", f"out={sel}"]) == 0
+    a, b = _curve_rows(plain / "curve.csv"), _curve_rows(sel / "curve.csv")
+    # the extra val-scored samples come from their own generator: same training, same test rows
+    for key in ("mean_loss", "x_w2", "energy_w2"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert all(r["val_x_w2"] == "" for r in a)
+    first = [r for r in b if r["batch"] == "0"]
+    val = [float(r["val_x_w2"]) for r in first]
+    assert all(math.isfinite(v) for v in val) and len(set(val)) == len(val)
+    k_best = int(first[val.index(min(val))]["outer"])
+    chosen = json.loads((sel / "selected.json").read_text())
+    assert chosen["outer"] == k_best and chosen["val_x_w2"] == pytest.approx(min(val))
+    at_best = [float(r["x_w2"]) for r in b if int(r["outer"]) == k_best]
+    assert chosen["test"]["x_w2"] == pytest.approx(sum(at_best) / len(at_best))
+    state = torch.load(sel / "state_selected.pt", weights_only=False)
+    assert state["outer"] == k_best and state["steps"] == 3 * k_best
+    assert not (plain / "selected.json").exists()
+
+
+def test_select_val_without_a_val_split_is_refused(tmp_path, capsys, monkeypatch):
+    import targets
+    from targets import ReferenceDataError
+    real = targets.get
+
+    def no_val(name, **kw):
+        t = real(name, **kw)
+        def reference(split="test", n=None, generator=None):
+            raise ReferenceDataError(f"{name}: no reference for split {split!r}")
+        t.reference = reference
+        return t
+    monkeypatch.setattr(curve.targets, "get", no_val)
+    out = tmp_path / "c"
+    assert curve.main(["targets=dw4", "samplers=idem", "select=val", f"out={out}",
+                       "profile=smoke"]) == 2
+    assert "has no val split" in capsys.readouterr().err
+    assert not out.exists()
