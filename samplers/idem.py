@@ -26,7 +26,11 @@ counts optimiser steps; a step starts only if its B*K energy evaluations fit the
 Deliberate deviations from the official code (each also noted where it happens):
 * No ReduceLROnPlateau: the official schedule monitors the DEM loss on noised VALIDATION
   samples, i.e. reference data (reference-idem.md §6.9); we keep the learning rate constant.
-  (GMM-40 has no scheduler officially, so it is unaffected.) No checkpoint selection by val W2.
+  (GMM-40 has no scheduler officially, so it is unaffected.) No checkpoint selection by val W2
+  in the grid; ``python -m runners.curve ... select=val`` offers it for comparisons.
+* The estimator's B x K x dim normals come from a counter-based generator that runs in parallel
+  on CPU (samplers/dem/noise.py), not ``torch.randn``: an equally exact N(0, I) draw, fixed by
+  the caller's generator; the official code's random numbers are not replayed (none are).
 * pDEM skips the official per-epoch generation into a buffer that its training never reads
   (and GMM-40's estimator-driven initial buffer): same training, less compute.
 * pDEM on LJ-55 is skipped (no official config; README: "convergence issues").
