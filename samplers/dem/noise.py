@@ -2,10 +2,10 @@
 
 A DEM training step draws B x K x dim normals (DW-4: 512 x 1000 x 8 = 4.1 M). On CPU,
 ``torch.randn(generator=g)`` fills them from one Mersenne Twister, which is sequential by
-construction: 26 ms for DW-4's draw on this project's 2-core machine, a quarter of the whole step
-(docs/performance.md). A counter-based generator has no sequential state: value k is a hash of
-(key, k), so any thread can compute any value, and compiled the whole draw is one parallel loop
-(4.7 ms for the same 4.1 M normals).
+construction: 26-31 ms for DW-4's draw on this project's 2-core machine, a quarter of the whole
+step (docs/performance.md). A counter-based generator has no sequential state: value k is a hash
+of (key, k), so any thread can compute any value, and compiled the whole draw is one parallel loop
+(5.5 ms for the same 4.1 M normals, 2 threads).
 
 The generator, :func:`standard_normal`:
 
@@ -15,10 +15,11 @@ The generator, :func:`standard_normal`:
   whose k-th output is mix(key + (k + 1) * 0x9E3779B97F4A7C15), with the published mixing
   constants; it passes BigCrush. Arithmetic is int64 with wrap-around; right shifts are masked
   so they act as logical (unsigned) shifts;
-* normals: Box-Muller on two uniforms per 64-bit output, u1 = (high 32 bits + 1) / 2^32 in
-  (0, 1] (so log u1 is finite; tails reach 6.7 sigma, further than torch's CPU path, which uses
-  24-bit uniforms: 5.8 sigma), u2 = low 24 bits / 2^24 in [0, 1); the first half of the output
-  holds the r cos(theta), the second half the r sin(theta) of the same pairs.
+* normals: Box-Muller on two 24-bit uniforms per 64-bit output, u1 = (bits 40-63 + 1) / 2^24 in
+  (0, 1] (so log u1 is finite) and u2 = bits 0-23 / 2^24 in [0, 1), both exact in float32, so the
+  compiled and eager paths start from the same values. That is the resolution of torch's own CPU
+  normals (24-bit uniforms, Box-Muller; |z| <= 5.8); the first half of the output holds the
+  r cos(theta), the second half the r sin(theta) of the same pairs.
 
 Large float32 draws on CPU run compiled (``torch.compile``, as ``targets.fast`` does for the
 energies, and under the same ``BOLTZBENCH_COMPILE`` setting); small ones, other dtypes, and
