@@ -22,12 +22,13 @@ the target's *val* split (column ``val_x_w2``); whenever it improves, the sample
 to ``OUT/state_selected.pt``, and at the end ``OUT/selected.json`` names the selected outer
 iteration with its test-split metrics (mean over the batches). Selection looks at reference data,
 which a sampler in practice does not have, so the suite's own numbers never select; on DW-4 the
-val and test splits share 2,535 configurations, so selection there also leaks test points. At the end the sampler's ``state_dict`` is saved to
-``OUT/state.pt``. The profile's energy budget is not applied: ``outer`` is the budget, and each
-row records the energy evaluations spent so far. Evaluation samples come from a generator
-separate from the training one, so evaluating does not change the training trajectory. A
-divergence (NaN/inf loss or samples) ends the curve with a row of status ``diverged`` and its
-reason, exit status 0.
+val and test splits share 2,535 configurations, so selection there also leaks test points.
+
+At the end the sampler's ``state_dict`` is saved to ``OUT/state.pt``. The profile's energy
+budget is not applied: ``outer`` is the budget, and each row records the energy evaluations
+spent so far. Evaluation samples come from a generator separate from the training one, so
+evaluating does not change the training trajectory. A divergence (NaN/inf loss or samples)
+ends the curve with a row of status ``diverged`` and its reason, exit status 0.
 """
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ def test_curve_matches_a_grid_cell_at_the_same_outer_iteration(tmp_path, capsys)
     (["targets=dw4", "samplers=mala"], "curves need outer iterations"),
     (["targets=dw4", "samplers=idem", "outer=0"], "outer: got 0"),
     (["targets=dw4", "samplers=idem", "every=x"], "every: got 'x'"),
-    (["targets=dw4", "samplers=idem", "select=best"], "select: got 'best'; expected one of none, val"),
+    (["targets=dw4", "samplers=idem", "select=best"],
+     "select: got 'best'; expected one of none, val"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(args, needle, tmp_path, capsys):
     out = tmp_path / "c"

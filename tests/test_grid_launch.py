@@ -13,23 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers_grid import ROOT, load_rows, run_grid
 from helpers_samplers import test_samplers, tiny_profile  # noqa: F401 - fixtures
 from runners import config as cfgmod
-from runners import grid, rows
+from runners import rows
 from runners.cell import CHECKPOINT_FILE, CellSpec, run_cell
 from runners.launch import CellBatch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_grid(args, capsys=None):
-    code = grid.main([str(a) for a in args])
-    err = capsys.readouterr().err if capsys is not None else ""
-    return code, err
-
-
-def load_rows(out: Path) -> dict[tuple, dict]:
-    return {(r["target"], r["sampler"], r["seed"]): r for r in rows.iter_rows(out)}
 
 
 # ------------------------------------------------------------------------------ local executor

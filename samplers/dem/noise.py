@@ -1,4 +1,4 @@
-"""Standard normal noise for the MC score estimator: a counter-based generator that runs in parallel.
+"""Standard normal noise for the MC score estimator: a counter-based generator, run in parallel.
 
 A DEM training step draws B x K x dim normals (DW-4: 512 x 1000 x 8 = 4.1 M). On CPU,
 ``torch.randn(generator=g)`` fills them from one Mersenne Twister, which is sequential by
