@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import EvalCounter, Target, TargetInputError, TargetProtocol
-from .data import ReferenceDataError
+from .data import ReferenceCorrupt, ReferenceDataError, ReferenceMissing
 from .gmm import GMM40
 from .particles import LJ13, LJ55, DoubleWell4, LennardJones, remove_mean
 
@@ -35,5 +35,6 @@ register("lj13", LJ13)
 register("lj55", LJ55)
 
 __all__ = ["Target", "TargetProtocol", "EvalCounter", "TargetInputError", "ReferenceDataError",
+           "ReferenceMissing", "ReferenceCorrupt",
            "GMM40", "DoubleWell4", "LennardJones", "LJ13", "LJ55", "remove_mean",
            "register", "get", "names"]

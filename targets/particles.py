@@ -65,7 +65,7 @@ class ParticleTarget(Target):
         if split not in self.reference_files:
             raise ValueError(f"{self.name}: split must be one of {sorted(self.reference_files)}, "
                              f"got {split!r}")
-        arr, info = data.load_official(self.reference_files[split], self.data_dir)
+        arr, info = data.load_official(self.reference_files[split], self.data_dir, dim=self.dim)
         return torch.as_tensor(np.asarray(arr, dtype=np.float32)), info
 
     def reference(self, split="test", n=None, generator=None):
@@ -174,24 +174,42 @@ class LJ55(LennardJones):
         if split not in self.reference_files:
             raise ValueError(f"lj55: split must be one of {sorted(self.reference_files)}, got {split!r}")
         official = data.find_file(self.reference_files[split], self.data_dir)
-        if official is not None:
-            arr = np.load(official)
+        if official is not None:  # no published checksum: format checks only
+            arr = data.load_array(official, self.dim)
             return torch.as_tensor(arr, dtype=torch.float32), {
                 "reference_source": "official", "reference_file": official.name,
-                "reference_sha256": data.sha256_of(official)}
+                "reference_sha256": data.sha256_of(official), "reference_path": str(official)}
         ours = data.find_file(self.mcmc_file(split), self.data_dir)
         if ours is None:
-            raise data.ReferenceDataError(
+            raise data.ReferenceMissing(
                 f"lj55: no reference for split {split!r}: neither the official "
                 f"{self.reference_files[split]} nor our {self.mcmc_file(split)} is in "
                 f"{[str(d) for d in data.candidate_dirs(self.data_dir)]}. Build one with "
                 f"`python -m targets.make_reference lj55` (writes to the cache) or set BOLTZBENCH_DATA.")
-        meta_path = ours.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = self._provenance(ours)
         digest = data.sha256_of(ours)
-        if meta.get("sha256") not in (None, digest):
-            raise data.ReferenceDataError(
-                f"lj55: {ours} has sha256 {digest} but its provenance {meta_path} records "
-                f"{meta.get('sha256')}: the file changed after it was made; rebuild it.")
-        return torch.as_tensor(np.load(ours), dtype=torch.float32), {
-            "reference_source": "mcmc", "reference_file": ours.name, "reference_sha256": digest}
+        if meta.get("sha256") != digest:
+            raise data.ReferenceCorrupt(
+                f"lj55: {ours} has sha256 {digest} but its provenance {ours.with_suffix('.json')} "
+                f"records {meta.get('sha256')}: the file changed after it was made; rebuild it with "
+                f"`python -m targets.make_reference lj55`.")
+        return torch.as_tensor(data.load_array(ours, self.dim), dtype=torch.float32), {
+            "reference_source": "mcmc", "reference_file": ours.name, "reference_sha256": digest,
+            "reference_path": str(ours)}
+
+    @staticmethod
+    def _provenance(path) -> dict:
+        """Our reference's provenance record (written beside it by make_reference)."""
+        meta_path = path.with_suffix(".json")
+        fix = "rebuild it with `python -m targets.make_reference lj55`"
+        if not meta_path.is_file():
+            raise data.ReferenceCorrupt(f"lj55: {path} has no provenance record {meta_path}, so "
+                                        f"nothing says how it was made or that it is intact; {fix}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise data.ReferenceCorrupt(f"lj55: provenance {meta_path} is unreadable ({exc}); "
+                                        f"{fix}") from None
+        if not isinstance(meta, dict):
+            raise data.ReferenceCorrupt(f"lj55: provenance {meta_path} is not a JSON object; {fix}")
+        return meta

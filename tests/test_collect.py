@@ -99,6 +99,7 @@ def test_load_results_dedupes_and_ignores_partial_files(tmp_path):
     assert df.set_index("sampler").loc["a", "x_w2"] == 2.0  # newest wins
 
 
+@pytest.mark.reference_data
 def test_figures_from_results_files(tmp_path):
     g = torch.Generator().manual_seed(1)
     gmm, dw4 = targets.get("gmm40"), targets.get("dw4")

@@ -21,6 +21,7 @@ def _curve_rows(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.reference_data
 def test_curve_matches_a_grid_cell_at_the_same_outer_iteration(tmp_path, capsys):
     c_out, g_out = tmp_path / "curve", tmp_path / "grid"
     assert curve.main(["targets=dw4", "samplers=idem", "outer=4", "every=2", "batches=2",

@@ -9,6 +9,7 @@ import targets
 from runners import evaluate, rows
 
 
+@pytest.mark.reference_data
 def test_external_samples_get_the_grid_row(tmp_path, capsys):
     t = targets.get("dw4")
     x = t.reference("val")[:200]

@@ -82,6 +82,7 @@ def test_agrees_with_autograd_of_energy(name, gen, monkeypatch):
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
 
 
+@pytest.mark.reference_data
 @pytest.mark.parametrize("name", ["dw4", "lj13"])
 def test_agrees_on_reference_configurations_in_float32(name, gen, monkeypatch):
     monkeypatch.setenv(fast.COMPILE_ENV, "0")
@@ -187,6 +188,7 @@ def test_compile_setting_validation_and_fallback(monkeypatch):
 
 @pytest.mark.skipif(fast._toolchain_missing(torch.device("cpu")) is not None,
                     reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.reference_data
 def test_compiled_kernel_matches_eager(gen, monkeypatch):
     """The path large batches take (about 5 s of compilation on a cold cache)."""
     monkeypatch.setenv(fast.COMPILE_ENV, "auto")

@@ -111,6 +111,7 @@ def test_cell_seed_and_key_are_stable_and_sensitive():
 
 
 # ------------------------------------------------------------------------------ cells
+@pytest.mark.reference_data
 def test_debug_grid_records_diverged_and_error_while_others_finish(tmp_path, capsys, test_samplers,
                                                                    tiny_profile):
     out = tmp_path / "out"
@@ -235,6 +236,7 @@ def test_rerun_of_a_finished_grid_recomputes_nothing(tmp_path, capsys, test_samp
     assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
 
 
+@pytest.mark.reference_data
 def test_cells_scored_without_a_reference_are_rescored_once_it_exists(
         tmp_path, capsys, monkeypatch, test_samplers, tiny_profile):
     out = tmp_path / "out"

@@ -174,6 +174,7 @@ def test_bad_cli_input_exits_2_naming_the_field(argv, field, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- check command
+@pytest.mark.reference_data
 def test_check_dw4_writes_a_report_and_agrees_with_the_shipped_energies(tmp_path):
     # A short but honest run: 64 chains x 300 HMC transitions from N(0, 1.5^2) starts.
     main(["check", "dw4", "--chains", "64", "--steps", "300", "--burn-in", "100", "--thin", "5",

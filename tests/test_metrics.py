@@ -93,6 +93,7 @@ def test_particle_only_metric_refuses_gmm(gmm):
             metrics.get(name)(x, x, gmm)
 
 
+@pytest.mark.reference_data
 def test_input_validation(lj13):
     y = refs(lj13, 5, 0)
     with pytest.raises(MetricInputError, match=r"samples must have shape \[n, 39\]"):
@@ -104,6 +105,7 @@ def test_input_validation(lj13):
 
 
 # ------------------------------------------------------------------ x_w2
+@pytest.mark.reference_data
 def test_w2_of_a_set_with_itself_is_zero(gmm, lj13):
     x = gmm.sample_exact(300, torch.Generator().manual_seed(1))
     assert metrics.get("x_w2")(x, x, gmm) == pytest.approx(0.0, abs=1e-6)
@@ -129,6 +131,7 @@ def test_w2_gaussians_closed_form():
     assert abs(w2(a, b) - exact) < 0.15
 
 
+@pytest.mark.reference_data
 def test_w2_particles_is_mean_free(dw4):
     x, y = refs(dw4, 200, 2, "val").double(), refs(dw4, 200, 3)
     shift = torch.randn(200, 1, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 5
@@ -154,6 +157,7 @@ def test_subsampling_is_deterministic_and_bounded(gmm):
         f(x, y, gmm, max_n=0)
 
 
+@pytest.mark.reference_data
 def test_dw4_calibration_floor(dw4):
     """reference-idem.md §1.2: DW-4 val 1000 vs test 1000, mean-free, 1.785 ± 0.037."""
     value = metrics.get("x_w2")(refs(dw4, 1000, 11, "val"), refs(dw4, 1000, 12), dw4)
@@ -175,6 +179,7 @@ def test_cube_rotation_starts():
     assert torch.allclose(torch.linalg.det(cube_rotations(3, False)), torch.ones(24, dtype=torch.float64))
 
 
+@pytest.mark.reference_data
 @pytest.mark.parametrize("name", ["dw4", "lj13"])
 def test_aligned_w2_invariant_to_rotation_and_permutation(name):
     t = targets.get(name)
@@ -187,6 +192,7 @@ def test_aligned_w2_invariant_to_rotation_and_permutation(name):
     assert base < metrics.get("x_w2")(x, y, t)
 
 
+@pytest.mark.reference_data
 def test_aligned_costs_below_raw_and_reflections_below_proper(lj13):
     x, y = refs(lj13, 20, 7, "val").double(), refs(lj13, 20, 8).double()
     proper = aligned_sq_costs(x, y, 13, 3)
@@ -214,12 +220,14 @@ def test_search_never_beats_exact_and_finds_copies():
     assert found.max() < 1e-9
 
 
+@pytest.mark.reference_data
 def test_aligned_default_cap(dw4):
     x, y = refs(dw4, 520, 21, "val"), refs(dw4, 520, 22)
     f = metrics.get("x_w2_aligned")
     assert f(x, y, dw4) == f(x, y, dw4, max_n=500) != f(x, y, dw4, max_n=None)
 
 
+@pytest.mark.reference_data
 def test_exact_alignment_recovers_dw4_reflection(dw4):
     x = refs(dw4, 10, 13).double()
     mirrored = (x.reshape(10, 4, 2) * torch.tensor([-1.0, 1.0], dtype=torch.float64)).reshape(10, 8)
@@ -236,6 +244,7 @@ def test_energy_w1_of_a_shift_is_the_shift():
     assert metrics.get("energy_w2_sq")(y + 0.7, y, t) == pytest.approx(0.49, abs=1e-12)
 
 
+@pytest.mark.reference_data
 def test_energy_w2_sq_is_the_square(lj13):
     x, y = refs(lj13, 300, 14, "val"), refs(lj13, 300, 15)
     w, sq = metrics.get("energy_w2")(x, y, lj13), metrics.get("energy_w2_sq")(x, y, lj13)
@@ -244,6 +253,7 @@ def test_energy_w2_sq_is_the_square(lj13):
     assert metrics.get("dist_w2_sq")(y, y, lj13) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.reference_data
 def test_metrics_leave_counters_unchanged(lj13):
     x, y = refs(lj13, 40, 16, "val"), refs(lj13, 40, 17)
     lj13.counter.energy_evals, lj13.counter.grad_evals = 123, 45
@@ -275,6 +285,7 @@ def test_tvd_identical_disjoint_and_outside_mass():
     assert histograms.tvd_official(half, ref) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.reference_data
 def test_dist_and_energy_tvd_on_particles(dw4):
     y = refs(dw4, 500, 18)
     for name in ("dist_tvd", "dist_tvd_official", "energy_tvd", "energy_tvd_official"):

@@ -298,6 +298,7 @@ def test_fab_short_training_on_gaussian():
     assert torch.allclose(x.var(0), torch.full((2,), 0.49), rtol=0.15)
 
 
+@pytest.mark.reference_data
 def test_fab_particles_counting_determinism_errors():
     target = targets.get("dw4")
     cls = samplers.get("fab")

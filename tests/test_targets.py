@@ -154,6 +154,7 @@ def test_lj_energy_matches_official_on_arbitrary_inputs(name, n, gen):
     assert torch.allclose(paper, official_lj(x, n, energy_factor=0.5, osc=0.5), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.reference_data
 def test_reference_energies_match_published_statistics():
     e = targets.get("dw4").energy(targets.get("dw4").reference("test"))
     assert e.mean().item() == pytest.approx(-22.4504, abs=1e-3)
@@ -194,6 +195,7 @@ def test_energy_invariant_to_rotation_translation_permutation(name, gen):
         assert torch.allclose(t.energy(y.reshape(16, -1)), e0, rtol=1e-9, atol=1e-8)
 
 
+@pytest.mark.reference_data
 def test_lj13_equipartition_on_reference():
     # <x . grad E> = (N-1) D = 36 for samples of exp(-E) on the mean-free subspace; the data follow
     # the official constants (36.00) and not the paper's printed ones (18.0).
@@ -207,6 +209,7 @@ def test_lj13_equipartition_on_reference():
 
 
 # ----------------------------------------------------------------------------- reference data
+@pytest.mark.reference_data
 def test_particle_references_are_mean_free_and_subsample(gen):
     for name, dim in [("dw4", 8), ("lj13", 39)]:
         t = targets.get(name)
@@ -218,6 +221,7 @@ def test_particle_references_are_mean_free_and_subsample(gen):
         assert t.reference_info("test")["reference_source"] == "official"
 
 
+@pytest.mark.reference_data
 def test_corrupt_reference_file_is_refused(tmp_path, monkeypatch):
     src = targets.data.find_file("test_split_DW4.npy")
     arr = np.load(src)
@@ -228,10 +232,12 @@ def test_corrupt_reference_file_is_refused(tmp_path, monkeypatch):
         targets.get("dw4", data_dir=tmp_path).reference("test")
 
 
+@pytest.mark.reference_data
 def test_verified_copy_in_data_dir_is_used(tmp_path, monkeypatch):
     shutil.copy(targets.data.find_file("val_split_DW4.npy"), tmp_path)
     monkeypatch.delenv("BOLTZBENCH_DATA", raising=False)
     monkeypatch.setenv("BOLTZBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BOLTZBENCH_OFFLINE", "1")
     assert targets.get("dw4", data_dir=tmp_path).reference("val").shape == (10000, 8)
     with pytest.raises(ReferenceDataError, match="BOLTZBENCH_OFFLINE"):
         targets.get("dw4", data_dir=tmp_path).reference("test")
