@@ -234,6 +234,7 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["fit_seconds"] = time.perf_counter() - t0 + prior
     live.clear()
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
+    warnings = health_columns(row, info or {}, spec.budget)
     fit_counts = target.counter.snapshot()
     row.update(fit_energy_evals=fit_counts["energy_evals"], fit_grad_evals=fit_counts["grad_evals"])
     _check_losses(info or {})
@@ -260,7 +261,31 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row.update(ref_cols)
     row.update(values)
     row["metric_errors"] = json.dumps(errors, sort_keys=True) if errors else ""
+    if ref_cols.get("reference_source") == "missing":
+        warnings.append("reference missing: the cell is unscored until it exists")
+    row["warnings"] = "; ".join(warnings)
     row.update(status="ok", reason=ref_cols.get("reference_reason", ""))
+
+
+# What the sampler's fit info may report about its own health (samplers/base.py documents it).
+HEALTH_KEYS = ("budget_binding", "acceptance_mean", "acceptance_min")
+LOW_ACCEPTANCE = 0.01
+
+
+def health_columns(row: dict, info: dict, budget: dict) -> list[str]:
+    """Copy the sampler's health into row columns; return the cell's warnings (sampler's own,
+    plus a time-bound budget, which makes the numbers depend on the machine's speed)."""
+    for key in HEALTH_KEYS:
+        row[key] = info.get(key, "" if key == "budget_binding" else math.nan)
+    warnings = [str(w) for w in (info.get("warnings") or [])]
+    if row["budget_binding"] == "seconds":
+        warnings.append(f"budget bound by max_seconds={budget.get('max_seconds')}: the result "
+                        f"depends on this machine's speed and is not reproducible by the seed")
+    acc = row["acceptance_mean"]
+    if isinstance(acc, (int, float)) and acc < LOW_ACCEPTANCE and not any(
+            "acceptance" in w for w in warnings):
+        warnings.append(f"acceptance {acc:.3g} below 1 %: the chains are frozen")
+    return warnings
 
 
 def _check_losses(info: dict) -> None:

@@ -146,10 +146,37 @@ def resolve_sampler_config(name: str, values: dict, where: str = "config") -> di
         raise ConfigError(f"{where}: bad value for {name}.{key}: {_first_line(exc)}") from None
 
 
+def validate_sampler_config(name: str, target: str, values: dict) -> None:
+    """The sampler's own checks (ranges, NaN, enums, device availability) at parse time, so a bad
+    value stops the grid before any file exists. ``Config.validate()`` raises ValueError whose
+    message starts with the field name; plugin Configs without ``validate`` get type checks only."""
+    try:
+        cfg = build_sampler_config(name, values)
+    except Exception as exc:  # noqa: BLE001 - a Config constructor rejecting the values
+        raise ConfigError(f"{name} (target {target}): {_first_line(exc)}") from None
+    validate = getattr(cfg, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}.{exc} (target {target}; set it in the profile's samplers."
+                          f"{name} block or as {name}.<key>=<value>)") from None
+
+
 def build_sampler_config(name: str, values: dict):
     """The sampler's Config instance (nested dataclasses rebuilt) from a resolved dict."""
     cfg_cls = config_class(name)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg_cls), values))
+
+
+def _yaml_error(exc: Exception) -> str:
+    """A YAML error with its line and column (1-based), which the first line alone loses."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem or _first_line(exc)}"
+    return " ".join(str(exc).split())
 
 
 def _first_line(exc: Exception) -> str:
@@ -172,7 +199,7 @@ def load_profile(path: Path) -> dict:
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as exc:  # noqa: BLE001 - any YAML error is the user's input
-        raise ConfigError(f"profile {path}: cannot read it: {_first_line(exc)}") from None
+        raise ConfigError(f"profile {path}: cannot read it: {_yaml_error(exc)}") from None
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path}: expected a mapping at the top, got {type(data).__name__}")
@@ -316,13 +343,13 @@ def parse(argv: list[str]) -> Grid:
     budgets = {}
     for t in t_names:
         b = profile["budget"].get(t)
+        bad = [k for k in b if k not in BUDGET_KEYS] if isinstance(b, dict) else []
+        if bad:  # before "no budget": a typo such as max_secs must be named as the problem
+            raise ConfigError(f"profile {ppath}: budget.{t}: unknown key(s) "
+                              f"{', '.join(map(repr, bad))}; allowed: {', '.join(BUDGET_KEYS)}")
         if not isinstance(b, dict) or not any(b.get(k) is not None for k in BUDGET_KEYS):
             raise ConfigError(f"profile {ppath}: no budget for target {t!r} (budget.{t} needs one "
                               f"of {', '.join(BUDGET_KEYS)})")
-        bad = [k for k in b if k not in BUDGET_KEYS]
-        if bad:
-            raise ConfigError(f"profile {ppath}: budget.{t}: unknown key(s) {bad}; allowed: "
-                              f"{', '.join(BUDGET_KEYS)}")
         try:
             samplers.Budget(**b)
         except (ValueError, TypeError) as exc:
@@ -338,8 +365,12 @@ def parse(argv: list[str]) -> Grid:
                               f"arguments, got {opts!r}")
     for s in profile["samplers"]:
         if s not in sampler_names:
-            print(f"[grid] note: profile {ppath.name} has settings for sampler {s!r}, which is not "
-                  f"registered; ignored", file=sys.stderr)
+            raise ConfigError(f"profile {ppath}: samplers.{s}: unknown sampler; registered: "
+                              f"{', '.join(sampler_names)}")
+    for t in profile["budget"]:
+        if t not in targets.names():
+            raise ConfigError(f"profile {ppath}: budget.{t}: unknown target; allowed: "
+                              f"{', '.join(targets.names())}")
 
     sampler_configs = {}
     for s in s_names:
@@ -352,6 +383,7 @@ def parse(argv: list[str]) -> Grid:
             check_sampler_values(s, values, f"profile {ppath.name}: samplers.{s}")
             values.update(cli_sampler.get(s, {}))
             sampler_configs[(s, t)] = check_sampler_values(s, values, "command line")
+            validate_sampler_config(s, t, sampler_configs[(s, t)])
 
     out = cfg.out or str(Path("results") / "runs" / (ppath.stem if cfg.profile else "paper"))
     return Grid(config=cfg, profile_name=ppath.stem, profile_path=str(ppath), targets=t_names,

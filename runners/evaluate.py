@@ -4,8 +4,11 @@ Scores samples produced by any code with the grid's metrics and writes the same 
 ``DIR/cells/<key>/`` (default DIR: results/runs/external), so ``runners.collect`` puts them in the
 tables beside the grid's samplers. The first ``n_eval`` samples are used (all of them if fewer),
 compared with as many reference test points (runners/scoring.py). Samples may be ``[n, dim]`` or
-``[n, n_particles, spatial_dim]``; particle samples are made mean-free. Non-finite samples give
-status ``diverged``. No energy is charged to a sampler: ``energy_evals`` is empty (unknown).
+``[n, n_particles, spatial_dim]``, in a ``.npy``, ``.npz`` (one array, or one named ``samples``) or
+``.pt`` (one tensor) file of real floats; particle samples are made mean-free. Anything else is
+refused with exit 2 before a file is written. Exit 1 when the samples cannot be scored: no usable
+reference (the message says how to get it), non-finite samples (row status ``diverged``) or a
+metric that failed. No energy is charged to a sampler: ``energy_evals`` is empty (unknown).
 """
 from __future__ import annotations
 
@@ -22,10 +25,10 @@ import torch
 
 import metrics
 import targets
-from . import rows, scoring
+from . import references, rows, scoring
 from .cell import _now
 
-USAGE = "usage: python -m runners.evaluate target=NAME samples=FILE.npy [out=DIR] [label=NAME] [n_eval=N]"
+USAGE = "usage: python -m runners.evaluate target=NAME samples=FILE.{npy,npz,pt} [out=DIR] [label=NAME] [n_eval=N]"
 KEYS = ("target", "samples", "out", "label", "n_eval")
 
 
@@ -59,11 +62,47 @@ def _parse(argv: list[str]) -> dict:
     return opts
 
 
-def load_samples(path: str, target) -> np.ndarray:
+FORMATS = (".npy", ".npz", ".pt")
+
+
+def _read_array(path: str) -> np.ndarray:
+    """The one array in ``path``: ``.npy``; ``.npz`` with one array (or one named ``samples``);
+    ``.pt`` holding a tensor (loaded with ``weights_only=True``: never unpickles code)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise EvalError(f"samples: {path!r} has suffix {suffix or '(none)'!r}; allowed: "
+                        f"{', '.join(FORMATS)}")
     try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise EvalError(f"samples: cannot read {path!r} as .npy: {exc}") from None
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if len(keys) != 1 and "samples" not in keys:
+                    raise EvalError(f"samples: {path!r} holds arrays {keys}; expected one array, "
+                                    f"or one named 'samples'")
+                return z["samples" if "samples" in keys else keys[0]]
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except EvalError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is the problem
+        raise EvalError(f"samples: cannot read {path!r} as {suffix}: "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+    if not isinstance(obj, torch.Tensor):
+        raise EvalError(f"samples: {path!r} holds a {type(obj).__name__}; expected one tensor")
+    if obj.is_complex():
+        raise EvalError(f"samples: {path!r} has complex dtype {obj.dtype}; expected real floats")
+    return obj.detach().to(torch.float64 if obj.dtype == torch.float64 else torch.float32).numpy() \
+        if obj.is_floating_point() else obj.numpy()
+
+
+def load_samples(path: str, target) -> np.ndarray:
+    x = _read_array(path)
+    if not np.issubdtype(x.dtype, np.floating):
+        kind = "complex" if np.iscomplexobj(x) else str(x.dtype)
+        raise EvalError(f"samples: {path!r} has dtype {kind}; expected real floating-point "
+                        f"coordinates (float16/32/64); complex, integer, boolean, string and "
+                        f"object arrays are refused")
     if x.ndim == 3 and target.n_particles and x.shape[1:] == (target.n_particles, target.spatial_dim):
         x = x.reshape(x.shape[0], -1)
     if x.ndim != 2 or x.shape[1] != target.dim or x.shape[0] < 2:
@@ -75,7 +114,8 @@ def load_samples(path: str, target) -> np.ndarray:
 
 def evaluate(target_name: str, samples_path: str, out: str, label: str, n_eval: int = 1000) -> dict:
     target = targets.get(target_name)
-    x = torch.as_tensor(load_samples(samples_path, target)[:n_eval], dtype=torch.float32)
+    x = torch.as_tensor(np.asarray(load_samples(samples_path, target)[:n_eval]),
+                        dtype=torch.float32)
     if target.n_particles:
         x = target.remove_mean(x)
     digest = hashlib.sha256(Path(samples_path).read_bytes()).hexdigest()
@@ -120,14 +160,30 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    report = references.resolve([opts["target"]])
+    if report.corrupt or report.missing:  # nothing to score against: say so, write nothing
+        reason = {**report.corrupt, **report.missing}[opts["target"]]
+        print(f"error: cannot score against {opts['target']}'s reference: {reason}\n"
+              f"fix: {references.FIX.get(opts['target'], 'see the README, Reference data')}",
+              file=sys.stderr)
+        return 1
     label = opts.get("label") or Path(opts["samples"]).stem
     row = evaluate(opts["target"], opts["samples"], opts.get("out", "results/runs/external"),
                    label, opts["n_eval"])
     print(f"[evaluate] {row['target']} / {label}: status {row['status']} -> "
           f"{rows.cell_dir(opts.get('out', 'results/runs/external'), row['cell_key'])}")
+    if row["status"] != "ok":
+        print(f"error: {row['status']}: {row['reason']}", file=sys.stderr)
+        return 1
+    errors = json.loads(row["metric_errors"]) if row.get("metric_errors") else {}
     for m in metrics.names() + list(metrics.DENSITY_METRICS):
         if m in row:
-            print(f"  {m:<20} {row[m]:.6g}")
+            why = f"   ({errors[m]})" if m in errors else ""
+            print(f"  {m:<20} {row[m]:.6g}{why}")
+    if errors:
+        print(f"error: {len(errors)} metric(s) could not be computed: {', '.join(errors)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

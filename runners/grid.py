@@ -4,11 +4,15 @@ Every (target, sampler, seed) cell is fitted under its target's budget, sampled,
 as its own row (runners/cell.py); rows are collected into results.csv, tables and figures
 (runners/collect.py). Re-running the same command skips finished cells (ok, skipped, diverged)
 and retries failed ones (error, timeout). Exit status: 0 when the grid ran (failed cells are
-data, listed in the summary), 2 for bad input (nothing written), 130 when interrupted.
+data, listed in the summary), 2 for bad input or unusable reference data (nothing written), 130
+when interrupted.
 
 Without ``profile=`` the paper's settings are used and the cost is estimated before dispatch;
-on a terminal the user is asked to confirm (``yes=true`` skips the question), a non-interactive
-run prints the estimate and proceeds.
+on a terminal the user is asked to confirm (``yes=true`` skips the question); a non-interactive
+run without ``yes=true`` prints the estimate and exits 2 instead of starting days of work.
+
+Before dispatch the grid resolves every target's reference (runners/references.py): a corrupt one
+exits 2, a missing one prints a warning block and its cells are counted as "ok, unscored".
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from submitit.core.utils import FailedSubmissionError
 import samplers
 import targets
 from . import config as cfgmod
-from . import rows, scoring
+from . import references, rows, scoring
 from .cell import CellSpec
 from .launch import Progress, dispatch, resolve_launcher
 
@@ -144,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = grid.config
+    report = references.resolve(grid.targets)
+    if report.corrupt:
+        print(references.corrupt_message(report), file=sys.stderr)
+        return 2
+    if report.missing:
+        per_target = {t: sum(s.target == t for s in specs) for t in report.missing}
+        print(references.missing_message(report, per_target), file=sys.stderr)
     workers = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.threads)
     print(f"[grid] {len(grid.targets)} target(s) x {len(grid.samplers)} sampler(s) x "
           f"{len(grid.seeds)} seed(s) = {len(specs)} cells | profile {grid.profile_name} | "
@@ -156,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("[grid] stopped before dispatch; nothing was run", file=sys.stderr)
                 return 0
+        elif not cfg.yes:  # nobody to ask: never start days of work by accident
+            print("error: profile: not given, so the paper settings would run (estimate above) "
+                  "and nobody can confirm in a non-interactive run; add yes=true (or profile=paper) "
+                  "to run them, or choose profile=smoke (minutes)", file=sys.stderr)
+            return 2
+    try:
+        check_out(Path(grid.out))
+    except cfgmod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(grid.out)
     counts: dict[str, int] = {}
     todo, unscored = [], []
@@ -193,6 +215,21 @@ def main(argv: list[str] | None = None) -> int:
         from .collect import collect
         collect(out, figures=cfg.figures)
     return 0
+
+
+def check_out(out: Path) -> None:
+    """``out=`` must be a folder we can create and write into (checked by doing it: permissions
+    alone miss read-only file systems and root). Raises ConfigError; leaves no probe behind."""
+    if out.exists() and not out.is_dir():
+        raise cfgmod.ConfigError(f"out: got {str(out)!r}, which is an existing file, not a folder; "
+                                 f"choose a folder path (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise cfgmod.ConfigError(f"out: cannot write into {str(out)!r} ({exc.strerror or exc}); "
+                                 f"choose a writable folder") from None
 
 
 def _collected_after_rows(out: Path) -> bool:
@@ -233,10 +270,16 @@ def _raise_interrupt(signum, frame):
 def summary(specs: list[CellSpec]) -> dict[str, int]:
     """Print the status counts of the grid's cells and the reasons of those that failed."""
     counts: dict[str, int] = {}
-    bad = []
+    bad, warned = [], []
     for spec in specs:
         row = rows.read_row(spec.dir) or {"status": "error", "reason": "no row written"}
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        status = row["status"]
+        if status == "ok" and row.get("reference_source") == "missing":
+            status = "ok, unscored"  # ran, but nothing to score against: not a success to read
+        counts[status] = counts.get(status, 0) + 1
+        if row["status"] == "ok" and row.get("warnings"):
+            warned.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: "
+                          f"{row['warnings']}")
         if row["status"] not in ("ok",):
             bad.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: {row['status']}: "
                        f"{row.get('reason', '')}"
@@ -247,6 +290,10 @@ def summary(specs: list[CellSpec]) -> dict[str, int]:
           file=sys.stderr)
     for line in bad:
         print(line, file=sys.stderr)
+    if warned:
+        print(f"[grid] warnings in {len(warned)} ok cell(s):", file=sys.stderr)
+        for line in warned:
+            print(line, file=sys.stderr)
     return counts
 
 

@@ -120,4 +120,6 @@ def rescore(row: dict, target, samples: torch.Tensor, metric_options: dict | Non
         errors["nll"] = "not rescored: the NLL needs the sampler's density, not only its samples"
     out = {k: v for k, v in row.items() if k != "reference_reason"}
     out.update(ref_cols, **values, reason="", metric_errors=json.dumps(errors, sort_keys=True))
+    out["warnings"] = "; ".join(w for w in str(row.get("warnings") or "").split("; ")
+                                if w and not w.startswith("reference missing"))
     return out
