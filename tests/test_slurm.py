@@ -104,8 +104,9 @@ def slurm_cluster():
             why = f"BOLTZBENCH_START_SLURM=1 but tests/slurm/up.sh failed:\n{tail}"
     try:
         if why is not None:
-            pytest.skip(f"no SLURM cluster: {why}. Start one with tests/slurm/install.sh && "
-                        f"tests/slurm/up.sh, or set BOLTZBENCH_START_SLURM=1")
+            pytest.skip(f"no SLURM cluster: {why}. Start one as .ci/run does: "
+                        f"`tests/slurm/ci.sh up && source tests/slurm/env.sh` (root, Debian), "
+                        f"or set BOLTZBENCH_START_SLURM=1")
         yield os.environ["SLURM_CONF"]
     finally:
         if started:
