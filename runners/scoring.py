@@ -38,8 +38,10 @@ def load_reference(target, n: int) -> tuple[torch.Tensor | None, dict]:
         info = dict(target.reference_info("test"))
     except ReferenceDataError as exc:
         return None, {"reference_source": "missing", "reference_reason": str(exc)}
-    info = {k: info.get(k, "") for k in ("reference_source", "reference_file", "reference_sha256")}
-    return ref[:n], info
+    cols = {k: info.get(k, "") for k in ("reference_source", "reference_file", "reference_sha256")}
+    if "reference_converged" in info:  # our own MCMC references say whether they passed
+        cols["reference_converged"] = bool(info["reference_converged"])
+    return ref[:n], cols
 
 
 def _weights_metrics(log_w: torch.Tensor) -> dict[str, float]:
