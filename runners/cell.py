@@ -263,6 +263,8 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["metric_errors"] = json.dumps(errors, sort_keys=True) if errors else ""
     if ref_cols.get("reference_source") == "missing":
         warnings.append("reference missing: the cell is unscored until it exists")
+    if ref_cols.get("reference_converged") is False:
+        warnings.append("scored against an unconverged reference (BOLTZBENCH_ALLOW_UNCONVERGED)")
     row["warnings"] = "; ".join(warnings)
     row.update(status="ok", reason=ref_cols.get("reference_reason", ""))
 
