@@ -1,18 +1,24 @@
 """Figures (seaborn on the Agg backend, PNG), pure functions of the results files.
 
 * ``energy_<target>.png``: energy histograms of every sampler's samples (all ok seeds pooled)
-  over the reference, on bins spanning the reference's 0.5-99.5 % energy range; the legend gives
-  the share of each sampler's samples outside that range; a side panel shows every set's full
+  over the reference, on bins spanning the reference's 0.5-99.5 % energy range; the legend
+  (outside the axes) gives the share of each sampler's samples outside that range, and a sampler
+  entirely outside is an arrow at the edge it lies beyond; a side panel shows every set's full
   range (box plots, symlog axis), since early or failing samplers often lie far outside.
 * ``distances_<target>.png``: the same for interatomic distances (particle targets).
 * ``gmm40_samples.png``: GMM-40 samples (first ok seed) over contours of the exact log-density.
 * ``metric_<name>.png``: each metric against the energy evaluations the cell spent (log axis),
-  one panel per target, one colour per sampler.
+  one panel per target: mean ± s.e.m. over ok seeds (error bars), seeds as faint dots, the
+  metric's name, units and direction on the y axis, plain tick labels (no offset).
+
+Every sampler has one colour in every figure (``runners.style.sampler_color``: registry order,
+plugins hashed), and figures are written through the atomic writers of runners/rows.py.
 
 Samples are read from ``OUT/cells/<cell_key>/samples.npy``; references through the target.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +36,8 @@ from targets import ReferenceDataError  # noqa: E402
 from targets.particles import pair_distances  # noqa: E402
 
 from . import rows as rowsmod  # noqa: E402
-from .tables import metric_columns  # noqa: E402
+from . import style  # noqa: E402
+from .tables import mean_sem, metric_columns  # noqa: E402
 
 N_BINS = 60
 # Matplotlib 3.10 replaced boxplot(vert=False) by orientation="horizontal".
@@ -115,40 +122,100 @@ def _wide_axis(ax, values: np.ndarray, pool: np.ndarray, which: str) -> None:
     axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
-def _hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict, path: Path):
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    """PNG through the atomic writer of runners/rows.py (same mode policy as every results file);
+    ``bbox_inches="tight"`` keeps legends placed outside the axes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    rowsmod.write_bytes(path, buf.getvalue())
+    return path
+
+
+def plain_ticks(ax, which: str = "y") -> None:
+    """No offset or scientific-notation tick labels (``1e-11+1e-3``) on a linear axis; a nearly
+    constant range is widened so ticks stay readable."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    if axis.get_scale() != "linear":
+        return
+    fmt = matplotlib.ticker.ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    floor = max(abs(mid) * 0.05, 1e-12)
+    if half < floor:  # e.g. ESS 0.001 ± 1e-11 on every seed
+        (ax.set_ylim if which == "y" else ax.set_xlim)(mid - floor, mid + floor)
+        axis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+
+
+def _label(name: str, df: pd.DataFrame | None) -> str:
+    return style.sampler_pretty(name, df)
+
+
+def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict,
+                df: pd.DataFrame | None = None):
     """Left: densities on the reference's bins. Right: the full range of every set (box plots on a
-    symlog axis), so samplers far outside the reference range are still visible."""
+    symlog axis), so samplers far outside the reference range are still visible. A sampler with
+    no value inside the bins is drawn as an arrow at the edge it lies beyond, and says so in the
+    legend. One legend, outside the axes. Returns the figure."""
     pool = ref if ref is not None else np.concatenate(list(by_sampler.values()))
     edges = reference_bins(pool)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [2, 1]})
     if ref is not None:
-        ax.stairs(_density(ref, edges), edges, fill=True, color="0.8", label="reference")
+        ax.stairs(_density(ref, edges), edges, fill=True, color=style.REFERENCE_COLOR,
+                  label="reference")
     else:
         title += " (no reference: bins from the samples)"
-    names = sorted(by_sampler)
-    colors = dict(zip(names, sns.color_palette("tab10", max(1, len(names)))))
+    names = style.sampler_order(by_sampler)
+    colors = style.sampler_colors(names)
+    outside = []
     for name in names:
         v = by_sampler[name][np.isfinite(by_sampler[name])]
-        out_pct = 100 * float(np.mean((v < edges[0]) | (v > edges[-1]))) if len(v) else 100.0
-        ax.stairs(_density(v, edges), edges, lw=1.6, color=colors[name],
-                  label=f"{name} ({out_pct:.1f}% outside)")
+        below, above = (float(np.mean(v < edges[0])), float(np.mean(v > edges[-1]))) if len(v) \
+            else (0.0, 1.0)
+        out_pct = 100 * (below + above)
+        if out_pct < 100:
+            ax.stairs(_density(v, edges), edges, lw=1.6, color=colors[name],
+                      label=f"{_label(name, df)} ({out_pct:.1f}% outside)")
+        else:
+            outside.append((name, below >= above))
+    if outside:  # markers at the edge the samples lie beyond, stacked so none hides another
+        top = ax.get_ylim()[1] if ax.has_data() else 1.0
+        for k, (name, low) in enumerate(outside):
+            x = edges[0] if low else edges[-1]
+            ax.plot([x], [top * (0.92 - 0.08 * k)], marker="<" if low else ">", ms=11,
+                    color=colors[name], ls="none", clip_on=False, zorder=5,
+                    label=f"{_label(name, df)}: 100% {'below' if low else 'above'} this range "
+                          f"(arrow; see right panel)")
+    ax.set_xlim(edges[0], edges[-1])
     ax.set(title=title, xlabel=xlabel, ylabel="density")
-    ax.legend(fontsize=8, frameon=False)
-    sets = ([("reference", ref)] if ref is not None else []) + [(n, by_sampler[n]) for n in names]
-    sets = [(n, v[np.isfinite(v)]) for n, v in sets]
-    sets = [(n, v) for n, v in sets if len(v)]
+    plain_ticks(ax, "x")
+    sets = ([("reference", ref, style.REFERENCE_COLOR)] if ref is not None else []) + [
+        (n, by_sampler[n], colors[n]) for n in names]
+    sets = [(n, v[np.isfinite(v)], c) for n, v, c in sets]
+    sets = [(n, v, c) for n, v, c in sets if len(v)]
     if sets:
-        bx.boxplot([v for _, v in sets], **_HORIZONTAL, whis=(1, 99), showfliers=False,
-                   patch_artist=True, boxprops={"facecolor": "0.9"})
-        bx.set_yticks(range(1, len(sets) + 1), [n for n, _ in sets], fontsize=8)
-        _wide_axis(bx, np.concatenate([v for _, v in sets]), pool, "x")
-        bx.axvspan(edges[0], edges[-1], color="0.85", zorder=0)
+        box = bx.boxplot([v for _, v, _ in sets], **_HORIZONTAL, whis=(1, 99), showfliers=False,
+                         patch_artist=True, medianprops={"color": "black"})
+        for patch, (_, _, c) in zip(box["boxes"], sets):
+            patch.set_facecolor(c)
+            patch.set_alpha(0.7)
+        bx.set_yticks(range(1, len(sets) + 1),
+                      [n if n == "reference" else _label(n, df) for n, _, _ in sets], fontsize=8)
+        _wide_axis(bx, np.concatenate([v for _, v, _ in sets]), pool, "x")
+        bx.axvspan(edges[0], edges[-1], color="0.9", zorder=0, label="left panel's range")
         bx.invert_yaxis()
     bx.set(title="full range (1-99 %)", xlabel=xlabel)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _hist_figure(title, xlabel, ref, by_sampler, path: Path, df=None) -> Path:
+    return _save(hist_figure(title, xlabel, ref, by_sampler, df), path)
 
 
 def energy_histograms(out: Path, df: pd.DataFrame, fig_dir: Path) -> list[Path]:
@@ -161,8 +228,8 @@ def energy_histograms(out: Path, df: pd.DataFrame, fig_dir: Path) -> list[Path]:
         ref = _reference(target)
         e_ref = _energies(target, ref) if ref is not None else None
         e = {k: _energies(target, v) for k, v in samples.items()}
-        paths.append(_hist_figure(f"{target.pretty_name}: energy", "E(x)", e_ref, e,
-                                  fig_dir / f"energy_{t}.png"))
+        paths.append(_hist_figure(f"{target.pretty_name}: energy", "energy E(x) [kT]", e_ref, e,
+                                  fig_dir / f"energy_{t}.png", df))
     return paths
 
 
@@ -178,8 +245,9 @@ def distance_histograms(out: Path, df: pd.DataFrame, fig_dir: Path) -> list[Path
         ref = _reference(target)
         d_ref = _distances(target, ref) if ref is not None else None
         d = {k: _distances(target, v) for k, v in samples.items()}
-        paths.append(_hist_figure(f"{target.pretty_name}: interatomic distances", "distance",
-                                  d_ref, d, fig_dir / f"distances_{t}.png"))
+        paths.append(_hist_figure(f"{target.pretty_name}: interatomic distances",
+                                  "interatomic distance [length]", d_ref, d,
+                                  fig_dir / f"distances_{t}.png", df))
     return paths
 
 
@@ -198,61 +266,104 @@ def gmm_samples(out: Path, df: pd.DataFrame, fig_dir: Path, lim: float = 50.0) -
     xx, yy = np.meshgrid(g, g)
     with torch.no_grad():
         lp = target.log_prob(torch.as_tensor(np.stack([xx, yy], -1), dtype=torch.float32)).numpy()
-    panels = [("reference (exact)", target.reference("test").numpy())] + sorted(first.items())
+    panels = [("reference (exact)", target.reference("test").numpy())] + [
+        (n, first[n]) for n in style.sampler_order(first)]
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
     for ax, (name, x) in zip(axes.flat, panels):
         ax.contourf(xx, yy, lp, levels=np.linspace(lp.max() - 16, lp.max(), 9), cmap="Blues",
                     extend="neither", alpha=0.7)
-        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6, color="tab:red", linewidths=0)
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=name, aspect="equal")
+        color = "0.25" if name.startswith("reference") else style.sampler_color(name)
+        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6, color=color, linewidths=0)
+        title = name if name.startswith("reference") else _label(name, df)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, aspect="equal")
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("GMM-40: samples over log-density contours")
+    fig.suptitle("GMM-40: samples (first ok seed) over log-density contours")
     fig.tight_layout()
-    path = fig_dir / "gmm40_samples.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, fig_dir / "gmm40_samples.png")]
+
+
+def metric_points(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (target, sampler): mean energy evaluations and mean ± s.e.m. of ``metric`` over the ok
+    seeds with a finite value (what the metric figure draws). Columns: target, sampler,
+    evals, mean, sem, n."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    out = []
+    for (t, s), g in ok.groupby(["target", "sampler"], sort=False):
+        y = pd.to_numeric(g[metric], errors="coerce") if metric in g else pd.Series(dtype=float)
+        keep = np.isfinite(y.to_numpy(dtype=float))
+        if not keep.any():
+            continue
+        ev = pd.to_numeric(g["energy_evals"], errors="coerce").to_numpy(dtype=float)[keep]
+        mean, sem = mean_sem(y.to_numpy(dtype=float)[keep])
+        out.append({"target": t, "sampler": s, "evals": float(np.nanmean(np.clip(ev, 1, None))),
+                    "mean": mean, "sem": sem, "n": int(keep.sum())})
+    return pd.DataFrame(out, columns=["target", "sampler", "evals", "mean", "sem", "n"])
+
+
+def metric_figure(df: pd.DataFrame, metric: str):
+    """``metric`` against the energy evaluations spent (log axis), one panel per target: per
+    sampler the mean over ok seeds with a ±1 s.e.m. error bar (none for one seed) and each seed as
+    a faint dot; the y label gives the metric's name, units and direction; one legend, outside
+    the panels. Returns the figure."""
+    pts = metric_points(df, metric)
+    ok = df[(df["status"] == "ok")] if "status" in df.columns else df
+    tlist = list(dict.fromkeys(df["target"]))
+    fig, axes = plt.subplots(1, len(tlist), figsize=(3.6 * len(tlist), 3.4), squeeze=False)
+    handles: dict[str, object] = {}
+    for ax, t in zip(axes[0], tlist):
+        ax.set_title(style.target_pretty(t, df))
+        sub = pts[pts["target"] == t]
+        if sub.empty:
+            g = df[df["target"] == t]
+            why = ("no reference: unscored" if "reference_source" in g and
+                   (g["reference_source"].astype(str) == "missing").any() else "no finite values")
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for s in style.sampler_order(sub["sampler"]):
+            r = sub[sub["sampler"] == s].iloc[0]
+            c = style.sampler_color(s)
+            seeds = ok[(ok["target"] == t) & (ok["sampler"] == s)]
+            ys = pd.to_numeric(seeds[metric], errors="coerce")
+            xs = pd.to_numeric(seeds["energy_evals"], errors="coerce").clip(lower=1)
+            fin = np.isfinite(ys.to_numpy(dtype=float))
+            if r["n"] > 1:
+                ax.scatter(xs[fin], ys[fin], s=10, color=c, alpha=0.35, linewidths=0, zorder=2)
+            sem = r["sem"] if np.isfinite(r["sem"]) else 0.0
+            cont = ax.errorbar([r["evals"]], [r["mean"]], yerr=[[sem], [sem]], fmt="o", ms=6,
+                               color=c, ecolor=c, elinewidth=1.4, capsize=3, zorder=3,
+                               label=_label(s, df))
+            handles.setdefault(_label(s, df), cont)
+        ax.set_xscale("log")
+        _wide_axis(ax, sub["mean"].to_numpy(float), sub["mean"].to_numpy(float), "y")
+        lo, hi = sub["evals"].min(), sub["evals"].max()
+        if hi / lo < 10:  # keep at least a decade so the log axis has readable major ticks
+            ax.set_xlim(10 ** np.floor(np.log10(lo) - 0.01), 10 ** np.ceil(np.log10(hi) + 0.01))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("energy evaluations (fit + sampling)")
+        plain_ticks(ax, "y")
+    info = style.metric_info(metric)
+    axes[0][0].set_ylabel(f"{style.metric_label(metric, direction=False)}\n({info.direction})")
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
+                   title="mean ± s.e.m.\nover ok seeds")
+    fig.suptitle(f"{info.display} ({metric}) vs energy evaluations; {info.direction}")
+    fig.tight_layout()
+    return fig
 
 
 def metric_vs_evals(df: pd.DataFrame, fig_dir: Path) -> list[Path]:
-    ok = df[df["status"] == "ok"].copy()
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
     if ok.empty:
         return []
-    ok["energy_evals"] = pd.to_numeric(ok["energy_evals"], errors="coerce").clip(lower=1)
-    paths = []
-    tlist = list(dict.fromkeys(ok["target"]))
-    palette = dict(zip(sorted(ok["sampler"].unique()), sns.color_palette("tab10", ok["sampler"].nunique())))
-    for m in metric_columns(ok):
-        fig, axes = plt.subplots(1, len(tlist), figsize=(3.6 * len(tlist), 3.3), squeeze=False)
-        for ax, t in zip(axes[0], tlist):
-            sub = ok[ok["target"] == t].assign(**{m: lambda d: pd.to_numeric(d[m], errors="coerce")})
-            sub = sub[np.isfinite(sub[m])]
-            ax.set_title(t)
-            if sub.empty:
-                ax.text(0.5, 0.5, "no finite values", ha="center", va="center",
-                        transform=ax.transAxes, color="0.4")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            sns.scatterplot(data=sub, x="energy_evals", y=m, hue="sampler", palette=palette,
-                            ax=ax, s=40, legend=ax is axes[0][0])
-            ax.set_xscale("log")
-            _wide_axis(ax, sub[m].to_numpy(float), sub[m].to_numpy(float), "y")
-            lo, hi = sub["energy_evals"].min(), sub["energy_evals"].max()
-            if hi / lo < 10:  # keep at least a decade so the log axis has readable major ticks
-                ax.set_xlim(10 ** np.floor(np.log10(lo) - 0.01), 10 ** np.ceil(np.log10(hi) + 0.01))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        fig.suptitle(f"{m} vs energy evaluations")
-        fig.tight_layout()
-        path = fig_dir / f"metric_{m}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return [_save(metric_figure(df, m), fig_dir / f"metric_{m}.png", dpi=100)
+            for m in metric_columns(ok)]
 
 
 def make_all(out: Path, df: pd.DataFrame, fig_dir: Path | None = None) -> list[Path]:

@@ -1,20 +1,55 @@
-"""Summary tables: mean ± s.e.m. over seeds, target × sampler, for each metric.
+"""Summary tables: mean ± s.e.m. over seeds, sampler × target, for each metric.
 
 Pure functions of the results frame (one row per cell, as written by ``collect``). Only rows with
-``status == "ok"`` and a finite value enter a mean; s.e.m. = sample std (ddof=1) / sqrt(n), NaN
-for a single seed (printed without "±"). ``n`` is kept beside each mean so a cell where some
-seeds failed is visible.
+``status == "ok"`` and a value enter a mean
+(+inf is a value: a W metric of a sample with an infinite energy); s.e.m. = sample std (ddof=1) /
+sqrt(n), NaN for a single seed (printed without "±").
+
+Every (target, sampler, metric) gets a *state*, printed as a distinct mark:
+
+========  =========  ===========================================================================
+state     mark       meaning
+========  =========  ===========================================================================
+ok        the value  mean ± s.e.m.; "(n=2/3)" when fewer seeds than ran have a value
+na        n/a        not applicable: the metric is undefined for this sampler on this target
+                     (e.g. NLL without a sampler density, aligned W2 on GMM-40), or the sampler
+                     does not support the target (every row ``skipped``)
+noref     no ref     ok seeds, but no reference to score them against (``reference_source``
+                     "missing")
+failed    failed     no ok seed: every seed ended ``error``, ``diverged`` or ``timeout``
+error     err        ok seeds with a reference, but the metric raised on each (``metric_errors``)
+none      –          no row: the pair was not run
+========  =========  ===========================================================================
+
+Rows' ``warnings`` (``; ``-joined texts) become footnotes: each distinct text gets a number
+``w1, w2, …`` (in order of first appearance), cells whose rows carry it are marked ``[w1]``, and
+the texts are listed under each table that uses them.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 import metrics
 
+from . import style
+
 ID_COLS = ("target", "sampler")
+MARKS = {"na": "n/a", "noref": "no ref", "failed": "failed", "error": "err", "none": "–"}
+MARK_TEXT = {
+    "na": "not applicable (metric undefined for this sampler/target, or the sampler does not "
+          "support the target)",
+    "noref": "no reference: the seeds ran but could not be scored (reference_source missing)",
+    "failed": "failed: no ok seed (error, diverged or timeout; see the status table)",
+    "error": "the metric raised on every ok seed (see metric_errors in results.csv)",
+    "none": "not run",
+}
+FAILED_STATUSES = ("error", "diverged", "timeout")
+SUMMARY_COLS = ["target", "sampler", "metric", "mean", "sem", "n", "n_ok", "n_seeds", "state",
+                "profile", "units", "direction"]
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -23,42 +58,182 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [m for m in known if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
+@lru_cache(maxsize=None)
+def applicable(target: str, sampler: str) -> frozenset | None:
+    """Metrics defined for ``sampler`` on ``target`` (``metrics.applicable`` with the sampler's
+    declared density or importance weights), or None when either name is not registered."""
+    import samplers
+    import targets
+    try:
+        cls = samplers.get(sampler)
+        t = targets.get(target)
+    except Exception:  # noqa: BLE001 - unknown (plugin) names: decided from the rows instead
+        return None
+    if getattr(cls, "has_log_prob", False):
+        return frozenset(metrics.applicable(t, True))
+    if getattr(cls, "has_importance_weights", False):  # log Z, ELBO, ESS from path weights only
+        return frozenset(metrics.applicable(t, True)) - {"nll"}
+    return frozenset(metrics.applicable(t, False))
+
+
+def _col(g: pd.DataFrame, name: str, default="") -> pd.Series:
+    return g[name] if name in g.columns else pd.Series([default] * len(g), index=g.index)
+
+
+def _no_reference(g: pd.DataFrame) -> pd.Series:
+    return _col(g, "reference_source").astype(str) == "missing"
+
+
+def _metric_errors(g: pd.DataFrame) -> str:
+    return " ".join(str(v) for v in _col(g, "metric_errors").dropna())
+
+
+def _profile(g: pd.DataFrame) -> str:
+    return ", ".join(dict.fromkeys(str(p) for p in _col(g, "profile").dropna() if str(p)))
+
+
+def cell_state(g: pd.DataFrame, metric: str) -> tuple[str, np.ndarray]:
+    """(state, values) of one (target, sampler) group for ``metric``; values are the ok, scored
+    seeds' values without NaN (see the module docstring)."""
+    if g.empty:
+        return "none", np.array([])
+    status = _col(g, "status", "ok").astype(str)
+    run = g[status != "skipped"]
+    if run.empty:
+        return "na", np.array([])
+    t, s = str(g["target"].iloc[0]), str(g["sampler"].iloc[0])
+    app = applicable(t, s)
+    col = pd.to_numeric(_col(run, metric, math.nan), errors="coerce")
+    ok = (_col(run, "status", "ok").astype(str) == "ok")
+    if app is not None and metric not in app:
+        return "na", np.array([])
+    if not ok.any():
+        return "failed", np.array([])
+    v = col[ok].to_numpy(dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v):  # a value needs no reference (log Z, ELBO, ESS are computed without one)
+        return "ok", v
+    scored = ok & ~_no_reference(run)
+    if not scored.any():
+        return "noref", v
+    if app is None and metric not in _metric_errors(run[scored]):
+        return "na", v  # unknown sampler/target, never computed and never failed: undefined
+    return "error", v
+
+
+def mean_sem(v: np.ndarray) -> tuple[float, float]:
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan
+    if not np.isfinite(v).all():
+        return float(np.mean(v)), math.nan  # +inf (or nan for +inf and -inf together)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+
 def summarize(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
-    """Long frame: target, sampler, metric, mean, sem, n (ok rows with finite values only)."""
+    """Long frame, one row per (target, sampler, metric): mean, sem, n (seeds with a value),
+    n_ok (ok seeds), n_seeds (seeds run, skipped ones excluded), state, profile, units,
+    direction."""
     columns = metric_columns(df) if columns is None else columns
-    ok = df[df["status"] == "ok"] if "status" in df.columns else df
     out = []
-    for (t, s), g in ok.groupby(list(ID_COLS), sort=False):
+    if df.empty:
+        return pd.DataFrame(columns=SUMMARY_COLS)
+    for (t, s), g in df.groupby(list(ID_COLS), sort=False):
+        status = _col(g, "status", "ok").astype(str)
+        n_seeds = int((status != "skipped").sum())
+        n_ok = int((status == "ok").sum())
         for m in columns:
-            v = pd.to_numeric(g[m], errors="coerce").to_numpy(dtype=float) if m in g else np.array([])
-            v = v[np.isfinite(v)]
-            n = len(v)
-            mean = float(v.mean()) if n else math.nan
-            sem = float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-            out.append({"target": t, "sampler": s, "metric": m, "mean": mean, "sem": sem, "n": n})
-    return pd.DataFrame(out, columns=["target", "sampler", "metric", "mean", "sem", "n"])
+            state, v = cell_state(g, m)
+            mean, sem = mean_sem(v)
+            info = style.metric_info(m)
+            out.append({"target": t, "sampler": s, "metric": m, "mean": mean, "sem": sem,
+                        "n": len(v), "n_ok": n_ok, "n_seeds": n_seeds, "state": state,
+                        "profile": _profile(g), "units": info.units,
+                        "direction": info.direction})
+    return pd.DataFrame(out, columns=SUMMARY_COLS)
 
 
 def fmt(mean: float, sem: float, latex: bool = False) -> str:
     """"1.234 ± 0.012" (4 significant digits for the mean, 2 for the s.e.m.); "–" when missing."""
-    if not math.isfinite(mean):
+    if math.isnan(mean):
         return "–" if not latex else "--"
+    if math.isinf(mean):
+        return ("+" if mean > 0 else "-") + (r"$\infty$" if latex else "∞")
     s = f"{mean:.4g}"
     if math.isfinite(sem):
         s += (r" $\pm$ " if latex else " ± ") + f"{sem:.2g}"
     return s
 
 
-def wide(summary: pd.DataFrame, metric: str, latex: bool = False) -> pd.DataFrame:
-    """One metric as a sampler × target table of formatted "mean ± sem" strings."""
+# ---- warnings --------------------------------------------------------------------------------
+def _split_warnings(v) -> list[str]:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return []
+    return [w.strip() for w in str(v).split("; ") if w.strip() and w.strip().lower() != "nan"]
+
+
+def warning_index(df: pd.DataFrame) -> dict[str, int]:
+    """Distinct warning texts -> footnote number (1, 2, … in order of first appearance)."""
+    idx: dict[str, int] = {}
+    for v in _col(df, "warnings", None):
+        for w in _split_warnings(v):
+            idx.setdefault(w, len(idx) + 1)
+    return idx
+
+
+def cell_warnings(df: pd.DataFrame, target: str, sampler: str,
+                  index: dict[str, int] | None = None) -> list[int]:
+    index = warning_index(df) if index is None else index
+    g = df[(df["target"] == target) & (df["sampler"] == sampler)]
+    return sorted({index[w] for v in _col(g, "warnings", None) for w in _split_warnings(v)})
+
+
+def _warning_where(df: pd.DataFrame, text: str) -> str:
+    """"LJ-55: DDS s0, FAB s0" for the rows carrying ``text``."""
+    parts: dict[str, list[str]] = {}
+    for _, r in df.iterrows():
+        if text in _split_warnings(r.get("warnings")):
+            parts.setdefault(style.target_pretty(r["target"], df), []).append(
+                f"{style.sampler_pretty(r['sampler'], df)} s{r.get('seed', '?')}")
+    return "; ".join(f"{t}: {', '.join(v)}" for t, v in parts.items())
+
+
+# ---- wide tables -----------------------------------------------------------------------------
+def _orders(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> tuple[list, list]:
+    src = summary if summary is not None and len(summary) else df
+    return list(dict.fromkeys(src["target"])), style.sampler_order(src["sampler"])
+
+
+def wide(summary: pd.DataFrame, metric: str, latex: bool = False, df: pd.DataFrame | None = None,
+         warn_index: dict[str, int] | None = None) -> pd.DataFrame:
+    """One metric as a sampler × target table of formatted cells (values or marks, see the module
+    docstring). With ``df``, cells whose rows carry warnings get their footnote marks and the
+    headers are pretty names."""
     sub = summary[summary["metric"] == metric]
     if sub.empty:
         return pd.DataFrame()
-    cells = sub.assign(text=[fmt(m, s, latex) for m, s in zip(sub["mean"], sub["sem"])])
-    table = cells.pivot(index="sampler", columns="target", values="text")
-    order_t = list(dict.fromkeys(sub["target"]))
-    order_s = list(dict.fromkeys(sub["sampler"]))
-    return table.reindex(index=order_s, columns=order_t).fillna("–" if not latex else "--")
+    order_t, order_s = _orders(sub, sub)
+    if df is not None and warn_index is None:
+        warn_index = warning_index(df)
+    table = pd.DataFrame(MARKS["none"] if not latex else "--", index=order_s, columns=order_t)
+    for _, r in sub.iterrows():
+        if r["state"] == "ok":
+            text = fmt(r["mean"], r["sem"], latex)
+            if r["n"] < r["n_seeds"]:
+                text += f" (n={int(r['n'])}/{int(r['n_seeds'])})"
+        else:
+            text = MARKS[r["state"]]
+        if df is not None and r["state"] != "na":
+            w = cell_warnings(df, r["target"], r["sampler"], warn_index)
+            if w:
+                tag = ",".join(f"w{i}" for i in w)
+                text += rf"\textsuperscript{{{tag}}}" if latex else f" [{tag}]"
+        table.loc[r["sampler"], r["target"]] = text
+    if df is not None:
+        table.index = [style.sampler_pretty(s, df) for s in table.index]
+        table.columns = [style.target_pretty(t, df) for t in table.columns]
+    table.index.name = "sampler"
+    return table
 
 
 def status_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -71,79 +246,261 @@ def status_table(df: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     r = pd.DataFrame(rows)
+    order_t, order_s = _orders(r)
     return r.pivot(index="sampler", columns="target", values="text").reindex(
-        index=list(dict.fromkeys(r["sampler"])), columns=list(dict.fromkeys(r["target"]))).fillna("–")
+        index=order_s, columns=order_t).fillna("–")
 
 
-def _md(table: pd.DataFrame) -> str:
-    cols = [table.index.name or ""] + [str(c) for c in table.columns]
+def seeds_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per target × sampler: "ok seeds / seeds run" ("0/0 skipped" when only skipped)."""
+    rows = []
+    for (t, s), g in df.groupby(list(ID_COLS), sort=False):
+        status = _col(g, "status", "ok").astype(str)
+        run = int((status != "skipped").sum())
+        text = f"{int((status == 'ok').sum())}/{run}" if run else "skipped"
+        rows.append({"target": t, "sampler": s, "text": text})
+    r = pd.DataFrame(rows)
+    order_t, order_s = _orders(r)
+    table = r.pivot(index="sampler", columns="target", values="text").reindex(
+        index=order_s, columns=order_t).fillna("–")
+    table.index = [style.sampler_pretty(s, df) for s in table.index]
+    table.columns = [style.target_pretty(t, df) for t in table.columns]
+    table.index.name = "sampler"
+    return table
+
+
+def _num(g: pd.DataFrame, col: str) -> np.ndarray:
+    v = pd.to_numeric(_col(g, col, math.nan), errors="coerce").to_numpy(dtype=float)
+    return v[np.isfinite(v)]
+
+
+def health_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per (target, sampler): seeds, statuses, energy evaluations, budget binding,
+    MCMC acceptance (mean over seeds of the chains' mean; min over seeds and chains) and warning
+    footnotes. Columns the rows do not carry are left out."""
+    windex = warning_index(df)
+    has_bind = "budget_binding" in df.columns
+    has_acc = any(len(_num(df, c)) for c in ("acceptance_mean", "acceptance_min"))
+    out = []
+    order_t, order_s = _orders(df)
+    for t in order_t:
+        for s in order_s:
+            g = df[(df["target"] == t) & (df["sampler"] == s)]
+            if g.empty:
+                continue
+            status = _col(g, "status", "ok").astype(str)
+            r = {"target": style.target_pretty(t, df), "sampler": style.sampler_pretty(s, df),
+                 "ok seeds": f"{int((status == 'ok').sum())}/{len(g)}",
+                 "statuses": ", ".join(f"{n} {k}" for k, n in status.value_counts().items())}
+            ev = _num(g, "energy_evals")
+            r["energy evals (mean)"] = f"{ev.mean():.3g}" if len(ev) else "–"
+            if has_bind:
+                b = [str(x) for x in _col(g, "budget_binding").dropna() if str(x) not in ("", "nan")]
+                r["budget binding"] = ", ".join(dict.fromkeys(b)) or "–"
+            if has_acc:
+                am, an = _num(g, "acceptance_mean"), _num(g, "acceptance_min")
+                r["acceptance mean"] = f"{am.mean():.3g}" if len(am) else "n/a"
+                r["acceptance min"] = f"{an.min():.3g}" if len(an) else "n/a"
+            w = cell_warnings(df, t, s, windex)
+            r["warnings"] = ", ".join(f"w{i}" for i in w) or "–"
+            out.append(r)
+    return pd.DataFrame(out)
+
+
+# ---- Markdown --------------------------------------------------------------------------------
+def _md(table: pd.DataFrame, index: bool = True) -> str:
+    cols = ([table.index.name or ""] if index else []) + [str(c) for c in table.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for idx, row in table.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
+        lines.append("| " + " | ".join(([str(idx)] if index else []) + [str(v) for v in row]) + " |")
     return "\n".join(lines)
 
 
+def _unique(df: pd.DataFrame, col: str) -> list[str]:
+    vals = []
+    for v in _col(df, col, None).dropna():
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        vals.append(str(v))
+    return list(dict.fromkeys(v for v in vals if v not in ("", "nan")))
+
+
+def provenance(df: pd.DataFrame) -> dict[str, str]:
+    """profile, n_eval, metric spec version, code version: the distinct values, "; "-joined."""
+    return {k: ", ".join(_unique(df, c)) or "unknown"
+            for k, c in [("profile", "profile"), ("n_eval", "n_eval"),
+                         ("metric spec", "metric_spec_version"), ("code", "code_version")]}
+
+
+def caption(df: pd.DataFrame) -> str:
+    p = provenance(df)
+    return (f"Mean ± s.e.m. over ok seeds (s.e.m. = std (ddof=1) / sqrt(n); one seed: the value "
+            f"alone). Each seed's n_eval = {p['n_eval']} samples are scored against the first "
+            f"n_eval points of the reference test split (the same points for every sampler and "
+            f"seed; log Z, ELBO and ESS use only the samples' weights). Profile: {p['profile']}; metric spec v{p['metric spec']}; code "
+            f"{p['code']}.")
+
+
+def smoke(df: pd.DataFrame) -> bool:
+    return any(style.is_smoke(p) for p in _unique(df, "profile"))
+
+
+def marks_line(table: pd.DataFrame, latex: bool = False) -> str:
+    """"Marks: n/a = not applicable …; failed = …" for the marks present in ``table``."""
+    cells = [str(v) for v in table.to_numpy().ravel()]
+    present = [k for k, mark in MARKS.items()
+               if any(c == mark or c.startswith(mark + " ") or c.startswith(mark + "\\")
+                      for c in cells)
+               or (latex and k == "none" and any(c.startswith("--") for c in cells))]
+    parts = [f"{MARKS[k] if not latex else (MARKS[k] if k != 'none' else '--')} = {MARK_TEXT[k]}"
+             for k in present]
+    if any("(n=" in c for c in cells):
+        parts.append("(n=k/m) = k of the m seeds run have a value")
+    return ("Marks: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _used_warnings(table: pd.DataFrame, windex: dict[str, int]) -> list[tuple[int, str]]:
+    cells = " ".join(str(v) for v in table.to_numpy().ravel())
+    import re
+    used = {int(i) for tags in re.findall(r"w(\d+(?:,w\d+)*)", cells)
+            for i in tags.replace("w", "").split(",")}
+    return [(i, w) for w, i in windex.items() if i in used]
+
+
 def to_markdown(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
-    """All metrics as Markdown sections (sampler rows × target columns), then the status table."""
+    """summary.md: caption and provenance, seeds, health, one table per metric (marks and
+    warning footnotes under each), cell statuses."""
     summary = summarize(df) if summary is None else summary
-    parts = ["# Results: mean ± s.e.m. over seeds (status ok only)", ""]
+    windex = warning_index(df)
+    parts = ["# Results: mean ± s.e.m. over ok seeds", ""]
+    if smoke(df):
+        parts += [f"> **{style.SMOKE_CAVEAT}**", ""]
+    parts += [caption(df), ""]
+    parts += ["## Seeds (ok / run)", "", _md(seeds_table(df)), ""]
+    health = health_table(df)
+    if not health.empty:
+        parts += ["## Health", "", "Acceptance: MCMC samplers only (n/a for the others). "
+                  "Budget binding: which Budget field stopped fit.", "",
+                  _md(health, index=False), ""]
+        used = [(windex[w], w) for w in windex]
+        parts += [f"- w{i}: {w} ({_warning_where(df, w)})" for i, w in used]
+        parts += [""] if used else []
     for m in dict.fromkeys(summary["metric"]):
-        parts += [f"## {m}", "", _md(wide(summary, m)), ""]
+        t = wide(summary, m, df=df, warn_index=windex)
+        info = style.metric_info(m)
+        units = info.units or "dimensionless"
+        parts += [f"## {m}: {info.display}", "", f"Units: {units}; {info.direction}.", "",
+                  _md(t), ""]
+        line = marks_line(t)
+        parts += [line] if line else []
+        parts += [f"- w{i}: {w}" for i, w in _used_warnings(t, windex)]
+        parts += [""]
     st = status_table(df)
     if not st.empty:
-        parts += ["## cell status", "", _md(st), ""]
+        st.index = [style.sampler_pretty(s, df) for s in st.index]
+        st.columns = [style.target_pretty(c, df) for c in st.columns]
+        st.index.name = "sampler"
+        parts += ["## Cell status", "", _md(st), ""]
     return "\n".join(parts)
 
 
+# ---- LaTeX -----------------------------------------------------------------------------------
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "²": r"$^2$", "√": r"$\sqrt{}$", "∞": r"$\infty$", "–": "--"}
+
+
+def tex_escape(s) -> str:
+    return "".join(_TEX.get(c, c) for c in str(s))
+
+
 def to_latex(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
-    """One ``tabular`` per metric (booktabs rules), mean $\\pm$ s.e.m."""
+    """summary.tex: one complete ``table`` environment per metric (needs ``\\usepackage{booktabs}``),
+    pretty names, a caption with units, direction and provenance, a label ``tab:<metric>``, and
+    the marks and warnings under the tabular."""
     summary = summarize(df) if summary is None else summary
-    out = []
+    windex = warning_index(df)
+    cap = caption(df)
+    if smoke(df):
+        cap = style.SMOKE_CAVEAT[0].upper() + style.SMOKE_CAVEAT[1:] + ". " + cap
+    out = ["% boltzbench summary tables; needs \\usepackage{booktabs}", ""]
     for m in dict.fromkeys(summary["metric"]):
-        t = wide(summary, m, latex=True)
-        esc = lambda s: str(s).replace("_", r"\_")  # noqa: E731
-        out += [f"% {m}", r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
-                " & ".join(["sampler"] + [esc(c) for c in t.columns]) + r" \\", r"\midrule"]
-        out += [" & ".join([esc(i)] + list(r)) + r" \\" for i, r in t.iterrows()]
-        out += [r"\bottomrule", r"\end{tabular}", ""]
+        t = wide(summary, m, latex=True, df=df, warn_index=windex)
+        info = style.metric_info(m)
+        units = f" [{info.units}]" if info.units else ""
+        out += [r"\begin{table}[htbp]", r"\centering", r"\small",
+                rf"\caption{{{tex_escape(info.display + units)}, {tex_escape(info.direction)}. "
+                rf"{tex_escape(cap)}}}",
+                rf"\label{{tab:{m.replace('_', '-')}}}",
+                r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
+                " & ".join(["Sampler"] + [tex_escape(c) for c in t.columns]) + r" \\",
+                r"\midrule"]
+        out += [" & ".join([tex_escape(i)] + list(r)) + r" \\" for i, r in t.iterrows()]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        notes = [marks_line(t, latex=True)] + [f"w{i}: {w}" for i, w in _used_warnings(t, windex)]
+        notes = [tex_escape(n) for n in notes if n]
+        if notes:
+            out += [r"\par\smallskip\footnotesize " + r" \\ ".join(notes)]
+        out += [r"\end{table}", ""]
     return "\n".join(out)
 
 
 def to_csv_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Numeric summary for CSV: target, sampler, metric, mean, sem, n."""
+    """Numeric summary for CSV: target, sampler, metric, mean, sem, n, n_ok, n_seeds, state,
+    profile, units, direction."""
     return summary.reset_index(drop=True)
 
 
+# ---- published comparison --------------------------------------------------------------------
 def comparison(summary: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """Our means beside published numbers where the metric definition matches (``metric`` set in
-    published.csv, same reference set). Columns: target, metric, who, method, value, spread."""
+    published.csv, same reference set). Columns: target, metric, who, method, value, spread,
+    spread_kind, n, profile (ours), state (ours: see the module docstring), note."""
     pub = published[(published["metric"].fillna("") != "") &
                     (published["reference_set"].fillna("") == "official")]
     out = []
     for (t, m), g in pub.groupby(["target", "metric"], sort=False):
         ours = summary[(summary["target"] == t) & (summary["metric"] == m)]
         for _, r in ours.iterrows():
-            out.append({"target": t, "metric": m, "who": "ours", "method": r["sampler"],
+            prof = r.get("profile", "")
+            out.append({"target": t, "metric": m, "who": "ours",
+                        "method": style.sampler_pretty(r["sampler"]),
                         "value": r["mean"], "spread": r["sem"], "spread_kind": "s.e.m.",
-                        "n": r["n"]})
+                        "n": r["n"], "profile": prof, "state": r.get("state", "ok"),
+                        "note": style.SMOKE_CAVEAT if style.is_smoke(prof) else ""})
         for _, r in g.iterrows():
             out.append({"target": t, "metric": m, "who": r["source"], "method": r["method"],
                         "value": r["value"], "spread": r["std"], "spread_kind": "std",
-                        "n": r.get("n_seeds")})
+                        "n": r.get("n_seeds"), "profile": "", "state": "", "note": ""})
     return pd.DataFrame(out, columns=["target", "metric", "who", "method", "value", "spread",
-                                      "spread_kind", "n"])
+                                      "spread_kind", "n", "profile", "state", "note"])
 
 
 def comparison_markdown(comp: pd.DataFrame) -> str:
-    lines = ["# Ours beside published numbers (same metric definition, official reference sets)",
-             "", "Published spreads are the source's std; ours are s.e.m. over seeds. Sample sizes "
-             "must match for W2 (biased upwards at small n): see n_eval in results.csv.", "",
-             "| target | metric | source | method | value |", "|---|---|---|---|---|"]
+    ours = comp[comp["who"] == "ours"]
+    smoke_run = any(style.is_smoke(p) for p in ours.get("profile", pd.Series([], dtype=str)))
+    lines = ["# Ours beside published numbers (same metric definition, official reference sets)", ""]
+    if smoke_run:
+        lines += [f"> **WARNING — {style.SMOKE_CAVEAT}.** Rerun without `profile=smoke` (the "
+                  f"paper settings) before comparing.", ""]
+    profiles = ", ".join(dict.fromkeys(str(p) for p in ours.get("profile", []) if str(p))) or "unknown"
+    lines += [f"Our side: profile {profiles}; mean ± s.e.m. over ok seeds. Published spreads are "
+              "the source's std. Sample sizes must match for W2 (biased upwards at small n): see "
+              "n_eval in results.csv.", "",
+              "| target | metric | source | method | value |", "|---|---|---|---|---|"]
     for _, r in comp.iterrows():
         spread = r["spread"]
-        if r["who"] == "ours":
-            val = fmt(float(r["value"]), float(spread))
+        who = r["who"]
+        if who == "ours":
+            state = r.get("state", "ok") or "ok"
+            val = fmt(float(r["value"]), float(spread)) if state == "ok" else MARKS.get(state, "–")
+            if style.is_smoke(r.get("profile", "")):
+                who = "ours (smoke run)"
         else:  # published numbers exactly as printed by the source
             val = f"{r['value']:g}" + (f" ± {spread:g}" if pd.notna(spread) else "")
-        lines.append(f"| {r['target']} | {r['metric']} | {r['who']} | {r['method']} | {val} |")
+        lines.append(f"| {r['target']} | {r['metric']} | {who} | {r['method']} | {val} |")
+    marks = [f"{MARKS[k]} = {MARK_TEXT[k]}" for k in ("na", "noref", "failed", "error")
+             if (comp["state"] == k).any()]
+    if marks:
+        lines += ["", "Marks: " + "; ".join(marks) + "."]
     return "\n".join(lines) + "\n"

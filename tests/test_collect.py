@@ -37,11 +37,12 @@ def test_summary_mean_and_sem_over_ok_seeds_only():
 def test_markdown_latex_and_status_tables():
     md = tables.to_markdown(frame())
     assert "## x_w2" in md
-    assert "| a | 2 ± 0.58 | 0.6 ± 0.1 |" in md
+    assert "| a | 2 ± 0.58 (n=3/4) | 0.6 ± 0.1 (n=2/3) |" in md
     assert "| b | 5 | – |" in md  # one seed: no ±; no dw4 row for b
     assert "| a | 3 ok, 1 error | 2 ok, 1 diverged |" in md
     tex = tables.to_latex(frame())
-    assert r"2 $\pm$ 0.58 & 0.6 $\pm$ 0.1 \\" in tex and r"\begin{tabular}{lcc}" in tex
+    assert r"2 $\pm$ 0.58 (n=3/4) & 0.6 $\pm$ 0.1 (n=2/3) \\" in tex
+    assert r"\begin{tabular}{lcc}" in tex
     assert tables.fmt(1234.5678, 0.01234) == "1235 ± 0.012"
 
 

@@ -1,0 +1,139 @@
+"""How results are shown: metric display names, units and direction; sampler colours; pretty names.
+
+One place for what tables (runners/tables.py) and figures (runners/plots.py) print, so a metric
+reads the same in summary.md, summary.tex and every axis label, and a sampler has the same colour
+in every figure of every run.
+
+* :data:`METRICS` — display name, units and direction of each metric of docs/metrics.md.
+* :func:`sampler_color` — builtin samplers take a fixed colour from their position in the
+  registry (``samplers.names()``), so a figure lacking one sampler (LJ-55 has no pDEM) does not
+  shift the others; any other name (a plugin) is hashed into a second palette.
+* :func:`target_pretty`, :func:`sampler_pretty` — display names from the row columns
+  (``target_pretty`` / ``sampler_pretty``), else the registries' ``pretty_name``, else the id.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    display: str      # "sample W2"
+    units: str        # "length", "kT", "nats", "" (dimensionless)
+    better: str       # "lower", "higher", or a phrase ("closer to log Z")
+
+    @property
+    def direction(self) -> str:
+        """"lower is better", "higher is better", or the phrase itself."""
+        return f"{self.better} is better" if self.better in ("lower", "higher") else self.better
+
+
+METRICS: dict[str, MetricInfo] = {
+    "x_w2": MetricInfo("sample-space W2", "length", "lower"),
+    "x_w2_aligned": MetricInfo("sample-space W2, aligned (rotations, permutations)", "length",
+                               "lower"),
+    "energy_w1": MetricInfo("energy W1", "kT", "lower"),
+    "energy_w2": MetricInfo("energy W2", "kT", "lower"),
+    "energy_w2_sq": MetricInfo("energy W2²", "kT²", "lower"),
+    "dist_w2_sq": MetricInfo("interatomic-distance W2²", "length²", "lower"),
+    "dist_tvd": MetricInfo("interatomic-distance TV (outside mass counted)", "in [0, 1]", "lower"),
+    "dist_tvd_official": MetricInfo("interatomic-distance TV (official: inside range only)",
+                                    "in [0, 1]", "lower"),
+    "energy_tvd": MetricInfo("energy TV (outside mass counted)", "in [0, 1]", "lower"),
+    "energy_tvd_official": MetricInfo("energy TV (official: inside range only)", "in [0, 1]",
+                                      "lower"),
+    "nll": MetricInfo("NLL of the reference under the sampler", "nats", "lower"),
+    "log_z": MetricInfo("log Z estimate (log-mean-exp of weights)", "nats",
+                        "closer to the true log Z is better (GMM-40: 0)"),
+    "elbo": MetricInfo("ELBO (mean log weight)", "nats", "higher"),
+    "ess": MetricInfo("normalised ESS", "fraction of n, in (0, 1]", "higher"),
+}
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The entry of :data:`METRICS`; an unknown (plugin) metric gets its name and no units."""
+    return METRICS.get(name, MetricInfo(name, "", "see the metric's documentation"))
+
+
+def metric_label(name: str, direction: bool = True) -> str:
+    """Axis label: "sample-space W2 [length] (lower is better)"."""
+    info = metric_info(name)
+    s = info.display + (f" [{info.units}]" if info.units else "")
+    return s + (f" ({info.direction})" if direction else "")
+
+
+# ---- colours --------------------------------------------------------------------------------
+# Builtins: tab10 in registry order (mala, hmc, rwm, smc, pis, dds, fab, idem, pdem, ...), then
+# tab20's light shades if more builtins are ever registered. Plugins: Dark2 + Set1 by hash of the
+# name, so the same plugin has the same colour in every figure and every run.
+_BUILTIN = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf",
+            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+            "#dbdb8d", "#9edae5"]
+_PLUGIN = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+           "#666666", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]
+REFERENCE_COLOR = "0.78"
+
+
+def _builtin_names() -> list[str]:
+    import samplers
+    return list(samplers.names())
+
+
+def sampler_color(name: str) -> str:
+    """Fixed hex colour of a sampler (see the module docstring)."""
+    builtins = _builtin_names()
+    if name in builtins and builtins.index(name) < len(_BUILTIN):
+        return _BUILTIN[builtins.index(name)]
+    h = int.from_bytes(hashlib.sha256(str(name).encode()).digest()[:8], "big")
+    return _PLUGIN[h % len(_PLUGIN)]
+
+
+def sampler_colors(names) -> dict[str, str]:
+    return {n: sampler_color(n) for n in names}
+
+
+def sampler_order(names) -> list[str]:
+    """Builtins in registry order, then the others alphabetically (tables and legends)."""
+    builtins = _builtin_names()
+    names = list(dict.fromkeys(names))
+    return ([n for n in builtins if n in names]
+            + sorted(n for n in names if n not in builtins))
+
+
+# ---- names ----------------------------------------------------------------------------------
+def _pretty(df: pd.DataFrame | None, col: str, key: str, registry: str) -> str:
+    if df is not None and f"{col}_pretty" in df.columns and col in df.columns:
+        v = df.loc[df[col] == key, f"{col}_pretty"].dropna()
+        v = v[v.astype(str) != ""]
+        if len(v):
+            return str(v.iloc[0])
+    try:
+        mod = __import__(registry)
+        obj = mod.get(key)
+        return str(getattr(obj, "pretty_name", key) or key)
+    except Exception:  # noqa: BLE001 - an unknown or unloadable name is shown as its id
+        return str(key)
+
+
+def target_pretty(name: str, df: pd.DataFrame | None = None) -> str:
+    return _pretty(df, "target", name, "targets")
+
+
+def sampler_pretty(name: str, df: pd.DataFrame | None = None) -> str:
+    return _pretty(df, "sampler", name, "samplers")
+
+
+def is_smoke(profile) -> bool:
+    """True for the smoke profile (``smoke``, ``smoke.yaml``, a path to it, ``smoke2``...)."""
+    if profile is None or (isinstance(profile, float) and profile != profile):
+        return False
+    return Path(str(profile)).stem.lower().startswith("smoke")
+
+
+SMOKE_CAVEAT = ("smoke run: tiny budgets, not comparable to published numbers "
+                "(these numbers check the pipeline, not the samplers)")
