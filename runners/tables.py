@@ -43,7 +43,7 @@ MARK_TEXT = {
     "na": "not applicable (metric undefined for this sampler/target, or the sampler does not "
           "support the target)",
     "noref": "no reference: the seeds ran but could not be scored (reference_source missing)",
-    "failed": "failed: no ok seed (error, diverged or timeout; see the status table)",
+    "failed": "no ok seed (error, diverged or timeout; see the status table)",
     "error": "the metric raised on every ok seed (see metric_errors in results.csv)",
     "none": "not run",
 }
