@@ -1,9 +1,12 @@
 """``python -m runners.collect out=DIR``: rows -> results.csv, summary tables, figures.
 
 Reads every ``DIR/cells/*/row.json`` (temporary files from killed writers are ignored) and writes
-``DIR/results.csv`` (one row per cell), ``DIR/tables/summary.{md,tex,csv}``,
+``DIR/results.csv`` (one row per cell), ``DIR/tables/summary.{md,tex,csv}`` (caption, seed
+counts, health, one table per metric with units, direction, marks and warning footnotes; see
+runners/tables.py),
 ``DIR/tables/published_comparison.{md,csv}`` (ours beside results/published.csv where the metric
-definition matches) and ``DIR/figures/*.png``.
+definition matches; a smoke run is flagged) and ``DIR/figures/*.png``, all through the atomic
+writers of runners/rows.py.
 
 When a folder holds several rows for the same (target, sampler, seed) — a setting was changed and
 the grid rerun into the same ``out`` — the most recently finished row is used and the others are
