@@ -28,6 +28,7 @@ the texts are listed under each table that uses them.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -295,7 +296,8 @@ def health_table(df: pd.DataFrame) -> pd.DataFrame:
             ev = _num(g, "energy_evals")
             r["energy evals (mean)"] = f"{ev.mean():.3g}" if len(ev) else "–"
             if has_bind:
-                b = [str(x) for x in _col(g, "budget_binding").dropna() if str(x) not in ("", "nan")]
+                b = [str(x) for x in _col(g, "budget_binding").dropna()
+                     if str(x) not in ("", "nan")]
                 r["budget binding"] = ", ".join(dict.fromkeys(b)) or "–"
             if has_acc:
                 am, an = _num(g, "acceptance_mean"), _num(g, "acceptance_min")
@@ -312,7 +314,8 @@ def _md(table: pd.DataFrame, index: bool = True) -> str:
     cols = ([table.index.name or ""] if index else []) + [str(c) for c in table.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for idx, row in table.iterrows():
-        lines.append("| " + " | ".join(([str(idx)] if index else []) + [str(v) for v in row]) + " |")
+        cells = ([str(idx)] if index else []) + [str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -337,7 +340,8 @@ def caption(df: pd.DataFrame) -> str:
     return (f"Mean ± s.e.m. over ok seeds (s.e.m. = std (ddof=1) / sqrt(n); one seed: the value "
             f"alone). Each seed's n_eval = {p['n_eval']} samples are scored against the first "
             f"n_eval points of the reference test split (the same points for every sampler and "
-            f"seed; log Z, ELBO and ESS use only the samples' weights). Profile: {p['profile']}; metric spec v{p['metric spec']}; code "
+            f"seed; log Z, ELBO and ESS use only the samples' weights). Profile: "
+            f"{p['profile']}; metric spec v{p['metric spec']}; code "
             f"{p['code']}.")
 
 
@@ -361,7 +365,6 @@ def marks_line(table: pd.DataFrame, latex: bool = False) -> str:
 
 def _used_warnings(table: pd.DataFrame, windex: dict[str, int]) -> list[tuple[int, str]]:
     cells = " ".join(str(v) for v in table.to_numpy().ravel())
-    import re
     used = {int(i) for tags in re.findall(r"w(\d+(?:,w\d+)*)", cells)
             for i in tags.replace("w", "").split(",")}
     return [(i, w) for w, i in windex.items() if i in used]
@@ -415,8 +418,8 @@ def tex_escape(s) -> str:
 
 
 def to_latex(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
-    """summary.tex: one complete ``table`` environment per metric (needs ``\\usepackage{booktabs}``),
-    pretty names, a caption with units, direction and provenance, a label ``tab:<metric>``, and
+    """summary.tex: one complete ``table`` environment per metric (needs
+    ``\\usepackage{booktabs}``), pretty names, a caption with units, direction and provenance, a label ``tab:<metric>``, and
     the marks and warnings under the tabular."""
     summary = summarize(df) if summary is None else summary
     windex = warning_index(df)
@@ -479,11 +482,13 @@ def comparison(summary: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
 def comparison_markdown(comp: pd.DataFrame) -> str:
     ours = comp[comp["who"] == "ours"]
     smoke_run = any(style.is_smoke(p) for p in ours.get("profile", pd.Series([], dtype=str)))
-    lines = ["# Ours beside published numbers (same metric definition, official reference sets)", ""]
+    lines = ["# Ours beside published numbers (same metric definition, official reference sets)",
+             ""]
     if smoke_run:
         lines += [f"> **WARNING — {style.SMOKE_CAVEAT}.** Rerun without `profile=smoke` (the "
                   f"paper settings) before comparing.", ""]
-    profiles = ", ".join(dict.fromkeys(str(p) for p in ours.get("profile", []) if str(p))) or "unknown"
+    profiles = ", ".join(dict.fromkeys(str(p) for p in ours.get("profile", []) if str(p)))
+    profiles = profiles or "unknown"
     lines += [f"Our side: profile {profiles}; mean ± s.e.m. over ok seeds. Published spreads are "
               "the source's std. Sample sizes must match for W2 (biased upwards at small n): see "
               "n_eval in results.csv.", "",
@@ -493,7 +498,8 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
         who = r["who"]
         if who == "ours":
             state = r.get("state", "ok") or "ok"
-            val = fmt(float(r["value"]), float(spread)) if state == "ok" else MARKS.get(state, "–")
+            val = (fmt(float(r["value"]), float(spread)) if state == "ok"
+                   else MARKS.get(state, "–"))
             if style.is_smoke(r.get("profile", "")):
                 who = "ours (smoke run)"
         else:  # published numbers exactly as printed by the source

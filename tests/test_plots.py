@@ -1,4 +1,4 @@
-"""Figures on hand-built rows: colours, error bars, tick labels, out-of-range samplers, file mode."""
+"""Figures on hand-built rows: colours, error bars, ticks, out-of-range samplers, file mode."""
 from __future__ import annotations
 
 import math
@@ -25,8 +25,9 @@ def rows(sampler_names, targets=("gmm40", "dw4"), metric="x_w2", values=None) ->
         for i, s in enumerate(sampler_names):
             for seed in range(3):
                 v = (values or {}).get(s, [1.0 + i, 2.0 + i, 4.0 + i])[seed]
-                r.append(dict(target=t, sampler=s, seed=seed, status="ok", energy_evals=1000 * (i + 1),
-                              reference_source="official", **{metric: v}))
+                r.append(dict(target=t, sampler=s, seed=seed, status="ok",
+                              energy_evals=1000 * (i + 1), reference_source="official",
+                              **{metric: v}))
     return pd.DataFrame(r)
 
 
