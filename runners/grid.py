@@ -35,7 +35,8 @@ import targets
 from . import config as cfgmod
 from . import references, rows, scoring
 from .cell import CellSpec
-from .launch import Progress, dispatch, resolve_launcher
+from .launch import Interrupted, Progress, dispatch, resolve_launcher
+from .lock import LockHeld, RunLock, remove_stale_claims
 
 
 HELP = {
@@ -194,19 +195,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[grid] resuming: {len(specs) - len(todo)} finished cell(s) kept, "
               f"{len(todo)} to run", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
+    try:  # one grid at a time on `out`; a dead holder's lock is taken over
+        run_lock = RunLock(out).acquire()
+    except LockHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if stale := remove_stale_claims(out):
+        print(f"[grid] removed {stale} stale claim file(s) left by a killed grid", file=sys.stderr)
     progress = Progress(len(specs), len(specs) - len(todo))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops it like Ctrl-C
+    previous = {}
     try:
+        # SIGTERM and SIGHUP stop it like Ctrl-C; a signal the shell set to ignore (SIGINT of a
+        # background job, SIGHUP under nohup) stays ignored.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _raise_interrupt)
         dispatch(todo, cfg, launcher, out, progress, counts)
-    except KeyboardInterrupt:
-        print("\n[grid] interrupted; finished rows are kept, re-run the command to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        detail = getattr(exc, "detail", "")
+        print(("\n" if progress.tty else "") + f"[grid] interrupted ({signal.Signals(signum).name}): "
+              + (f"{detail}; " if detail else "")
+              + "finished rows are kept, re-run the command to resume", file=sys.stderr)
+        return 128 + signum
     except (FailedSubmissionError, subprocess.CalledProcessError) as exc:
         print(f"error: could not submit the cells ({launcher}): {exc}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        run_lock.release()
     summary(specs)
     if cfg.collect and not todo and _collected_after_rows(out):
         print(f"[grid] nothing new since the last collect: {out / 'results.csv'} is up to date",
@@ -264,7 +282,11 @@ def rescore_finished(cells: list) -> int:
 
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    """The grid's handler of SIGINT/SIGTERM/SIGHUP during dispatch: later signals are ignored
+    while the workers are stopped (main restores the handlers), so cleanup is never cut short."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def summary(specs: list[CellSpec]) -> dict[str, int]:

@@ -10,25 +10,46 @@ finished are skipped and the interrupted one resumes from its checkpoint (or res
 The grid process watches the jobs, prints progress, and writes the row of any cell whose job
 died without writing one (``timeout`` when the job hit its wall limit, ``error`` otherwise, with
 the job's log path).
+
+Interruption (Ctrl-C, SIGINT or SIGTERM to the grid, raised in it as KeyboardInterrupt): local
+workers are SIGKILLed at once, each with its whole process group. Each local job's controller is
+started in a session of its own, so a Ctrl-C at the terminal reaches only the grid (not
+submitit's controller and worker, which would print tracebacks), and signalling the group kills
+the worker too: submitit's worker ignores SIGTERM ("Bypassing signal SIGTERM") and its controller
+only forwards it. A killed cell leaves no row (rows are replaced atomically) and reruns next
+time. SLURM jobs are left running.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
 import submitit
+import submitit.local.local as submitit_local
 from submitit.core.utils import DelayedSubmission
 
 from . import rows
 from .cell import CellSpec, base_row, run_cell, save_checkpoint
 
 POLL_S = 0.5
+CONTROLLER_MODULE = "submitit.local._local"  # what a local job's controller process runs
+
+
+class Interrupted(KeyboardInterrupt):
+    """The grid was interrupted by ``signum`` (SIGINT for Ctrl-C, SIGTERM, SIGHUP); ``detail``
+    (set by :func:`dispatch`) says what became of the running jobs."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum, self.detail = int(signum), ""
 
 
 class CellBatch(submitit.helpers.Checkpointable):
@@ -62,7 +83,8 @@ class CellBatch(submitit.helpers.Checkpointable):
     def _take(self, spec: CellSpec) -> bool:
         spec.dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(spec.dir / f".claim-{self.claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(spec.dir / f".claim-{self.claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                         0o666)  # umask applies, as for every results file
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:  # which worker (and its log) took the cell
@@ -133,12 +155,28 @@ def make_executor(launcher: str, folder: Path, cfg, n_cells: int = 1) -> submiti
         # No requeue locally (max_num_timeout=0): a timeout there is a runaway, not a preemption.
         # Cells time themselves out (CellSpec.timeout_s); the job limit is a safety net for a
         # worker that may run every cell.
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
+        ex = SessionLocalExecutor(folder=folder, max_num_timeout=0)
         ex.update_parameters(timeout_min=float(cfg.timeout_min) * n_cells + 1,
                              signal_delay_s=30, **_local_gpus())
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
     return ex
+
+
+class SessionLocalExecutor(submitit.LocalExecutor):
+    """submitit's LocalExecutor, with each job's controller (and so its worker) started in a
+    session and process group of its own (``start_new_session``): a Ctrl-C at the terminal then
+    reaches only the grid, which stops the workers itself (:func:`_stop_local`), and
+    ``killpg(job_id)`` reaches the controller, the worker and anything the worker started."""
+
+    def _submit_command(self, command: str):
+        real = submitit_local.subprocess
+        submitit_local.subprocess = types.SimpleNamespace(
+            Popen=functools.partial(subprocess.Popen, start_new_session=True))
+        try:
+            return super()._submit_command(command)
+        finally:
+            submitit_local.subprocess = real
 
 
 def _local_gpus() -> dict:
@@ -258,15 +296,17 @@ def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Pro
             if not jobs and not queue:
                 break
             time.sleep(POLL_S if launcher != "debug" else 0)
-    except KeyboardInterrupt:
-        # Ctrl-C / SIGTERM: stop local cell processes (their rows are not written, the cells
-        # rerun next time); SLURM jobs are left to finish and can be collected later.
+    except KeyboardInterrupt as exc:
+        # Ctrl-C / SIGTERM: kill the local workers (their running cells write no row and rerun
+        # next time); SLURM jobs are left to finish and are collected by a later run.
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         if launcher == "local":
-            _stop_local([job for job, _ in jobs])
+            n = _stop_local([job for job, _ in jobs])
+            stop.detail = f"stopped {n} local worker(s), their running cells wrote no row"
         elif launcher == "slurm" and jobs:
-            print(f"\n[grid] {len(jobs)} SLURM job(s) keep running; re-run the command "
-                  f"later to collect them, or scancel them", file=sys.stderr)
-        raise
+            stop.detail = (f"{len(jobs)} SLURM job(s) keep running (re-run the command later "
+                           f"to collect them, or scancel them)")
+        raise stop from None
     finally:
         if tag is not None:
             for spec in specs:
@@ -309,14 +349,86 @@ def _claimed(spec: CellSpec, tag: str) -> bool:
     return (spec.dir / f".claim-{tag}").is_file()
 
 
-def _stop_local(jobs: list) -> None:
-    """SIGTERM each local job's controller (its job id is the controller's pid), which forwards
-    it to the cell process. Not SIGINT (submitit's cancel): processes started from a
-    non-interactive shell in the background ignore SIGINT."""
-    for job in jobs:
+def _stop_local(jobs: list) -> int:
+    """SIGKILL every local job of this grid: each controller (its pid is the job id) with its
+    process group, i.e. its worker and whatever that started. Returns how many were stopped.
+
+    Not SIGTERM: submitit's worker ignores it ("Bypassing signal SIGTERM") and its controller
+    only forwards it, so the cell would run to its end and write its row; not SIGINT (submitit's
+    ``cancel``): background processes of a non-interactive shell ignore it. SIGKILL is safe for
+    the results: a cell replaces its files atomically, so it leaves its row or none. Controllers
+    this process started but has no job for yet (a signal during ``submit``) are found as its
+    children in /proc.
+    """
+    procs = {int(job.job_id): getattr(job, "_process", None) for job in jobs
+             if str(job.job_id).isdigit()}
+    for pid in _child_controllers():
+        procs.setdefault(pid, None)
+    stopped = 0
+    for pid, proc in list(procs.items()):
+        if proc is not None and proc.poll() is not None:
+            del procs[pid]  # exited and reaped: its pid may belong to someone else now
+            continue
         try:
-            os.kill(int(job.job_id), signal.SIGTERM)
-        except (ValueError, ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:  # its own group (SessionLocalExecutor): one call
+                os.killpg(pid, signal.SIGKILL)
+            else:  # never killpg a group that may be ours; kill the tree instead
+                _kill_tree(pid)
+            stopped += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid, proc in procs.items():  # reap the controllers (their workers go to init)
+        try:
+            if proc is not None:
+                proc.wait(timeout=5)
+            else:
+                os.waitpid(pid, 0)
+        except (ChildProcessError, subprocess.TimeoutExpired, OSError):
+            pass
+    return stopped
+
+
+def _proc_children(pid: int) -> list[int]:
+    """The children of ``pid`` from /proc (empty where there is no /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _child_controllers() -> list[int]:
+    """This process's children that run a submitit local controller."""
+    pids = []
+    for pid in _proc_children(os.getpid()):
+        try:
+            if CONTROLLER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants, each stopped (SIGSTOP) before its children are
+    listed so that none starts another meanwhile."""
+    todo, seen = [pid], []
+    while todo:
+        p = todo.pop()
+        try:
+            os.kill(p, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        seen.append(p)
+        todo.extend(_proc_children(p))
+    for p in seen:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
