@@ -4,8 +4,8 @@ Every (target, sampler, seed) cell is fitted under its target's budget, sampled,
 as its own row (runners/cell.py); rows are collected into results.csv, tables and figures
 (runners/collect.py). Re-running the same command skips finished cells (ok, skipped, diverged)
 and retries failed ones (error, timeout). Exit status: 0 when the grid ran (failed cells are
-data, listed in the summary), 2 for bad input or unusable reference data (nothing written), 130
-when interrupted.
+data, listed in the summary), 2 for bad input, unusable reference data or an ``out=`` another
+grid holds (nothing written), 128 + the signal when interrupted (130 Ctrl-C/SIGINT, 143 SIGTERM).
 
 Without ``profile=`` the paper's settings are used and the cost is estimated before dispatch;
 on a terminal the user is asked to confirm (``yes=true`` skips the question); a non-interactive
@@ -180,6 +180,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(grid.out)
+    try:  # one grid at a time on `out`; a dead holder's lock is taken over
+        run_lock = RunLock(out).acquire()
+    except LockHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:  # held from the first read of a row to the last file collect writes
+        return _run_locked(grid, specs, launcher, out)
+    except KeyboardInterrupt:  # outside dispatch (rescoring, collect): no traceback either
+        print("\n[grid] interrupted; finished rows are kept, re-run the command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        run_lock.release()
+
+
+def _run_locked(grid: cfgmod.Grid, specs: list[CellSpec], launcher: str, out: Path) -> int:
+    """Resume, dispatch, summarise and collect, under the run lock of ``out``."""
+    cfg = grid.config
+    if stale := remove_stale_claims(out):
+        print(f"[grid] removed {stale} stale claim file(s) left by a killed grid", file=sys.stderr)
     counts: dict[str, int] = {}
     todo, unscored = [], []
     for spec in specs:
@@ -194,14 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(todo) < len(specs):
         print(f"[grid] resuming: {len(specs) - len(todo)} finished cell(s) kept, "
               f"{len(todo)} to run", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # one grid at a time on `out`; a dead holder's lock is taken over
-        run_lock = RunLock(out).acquire()
-    except LockHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if stale := remove_stale_claims(out):
-        print(f"[grid] removed {stale} stale claim file(s) left by a killed grid", file=sys.stderr)
     progress = Progress(len(specs), len(specs) - len(todo))
     previous = {}
     try:
@@ -224,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        run_lock.release()
     summary(specs)
     if cfg.collect and not todo and _collected_after_rows(out):
         print(f"[grid] nothing new since the last collect: {out / 'results.csv'} is up to date",
