@@ -38,6 +38,7 @@ from submitit.core.utils import DelayedSubmission
 
 from . import rows
 from .cell import CellSpec, base_row, run_cell, save_checkpoint
+from .lock import pid_alive
 
 POLL_S = 0.5
 CONTROLLER_MODULE = "submitit.local._local"  # what a local job's controller process runs
@@ -106,15 +107,7 @@ class CellBatch(submitit.helpers.Checkpointable):
 
 
 def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return True if pid is None else pid_alive(pid)
 
 
 def resolve_launcher(name: str) -> str:

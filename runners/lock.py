@@ -149,10 +149,11 @@ def _dead_holder(holder: dict, host: str, flocked: bool | None) -> bool:
     pid = holder.get("pid")
     if flocked:  # the kernel dropped the holder's flock: it exited, whatever its pid is now
         return True
-    return isinstance(pid, int) and not _pid_alive(pid)
+    return isinstance(pid, int) and not pid_alive(pid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
