@@ -32,6 +32,8 @@ from submitit.core.utils import FailedSubmissionError
 
 import samplers
 import targets
+from targets.data import OFFLINE_ENV
+
 from . import config as cfgmod
 from . import references, rows, scoring
 from .cell import CellSpec
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     except LockHeld as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    previous_offline = os.environ.get(OFFLINE_ENV)
+    if report.missing:
+        # Every download that could succeed has just been tried: cells, workers and collect must
+        # not wait on the network again, once each (workers inherit the environment).
+        os.environ[OFFLINE_ENV] = "1"
     try:  # held from the first read of a row to the last file collect writes
         return _run_locked(grid, specs, launcher, out)
     except KeyboardInterrupt:  # outside dispatch (rescoring, collect): no traceback either
@@ -193,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         run_lock.release()
+        if previous_offline is None:
+            os.environ.pop(OFFLINE_ENV, None)
+        else:
+            os.environ[OFFLINE_ENV] = previous_offline
 
 
 def _run_locked(grid: cfgmod.Grid, specs: list[CellSpec], launcher: str, out: Path) -> int:
@@ -303,7 +314,7 @@ def _raise_interrupt(signum, frame):
 def summary(specs: list[CellSpec]) -> dict[str, int]:
     """Print the status counts of the grid's cells and the reasons of those that failed."""
     counts: dict[str, int] = {}
-    bad, warned = [], []
+    bad, warned = [], {}  # warning text -> the cells that carry it
     for spec in specs:
         row = rows.read_row(spec.dir) or {"status": "error", "reason": "no row written"}
         status = row["status"]
@@ -311,8 +322,8 @@ def summary(specs: list[CellSpec]) -> dict[str, int]:
             status = "ok, unscored"  # ran, but nothing to score against: not a success to read
         counts[status] = counts.get(status, 0) + 1
         if row["status"] == "ok" and row.get("warnings"):
-            warned.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: "
-                          f"{row['warnings']}")
+            for text in row["warnings"].split("; "):
+                warned.setdefault(text, []).append(f"{spec.target}/{spec.sampler}/s{spec.seed}")
         if row["status"] not in ("ok",):
             bad.append(f"  {spec.target} / {spec.sampler} / seed {spec.seed}: {row['status']}: "
                        f"{row.get('reason', '')}"
@@ -324,9 +335,11 @@ def summary(specs: list[CellSpec]) -> dict[str, int]:
     for line in bad:
         print(line, file=sys.stderr)
     if warned:
-        print(f"[grid] warnings in {len(warned)} ok cell(s):", file=sys.stderr)
-        for line in warned:
-            print(line, file=sys.stderr)
+        n = len({cell for cells in warned.values() for cell in cells})
+        print(f"[grid] warnings in {n} ok cell(s):", file=sys.stderr)
+        for text, cells in warned.items():
+            shown = ", ".join(cells[:6]) + (f" and {len(cells) - 6} more" if len(cells) > 6 else "")
+            print(f"  {text}: {shown}", file=sys.stderr)
     return counts
 
 

@@ -113,3 +113,18 @@ def test_unprofiled_non_interactive_run_refuses_without_yes(tmp_path, capsys, mo
                          capsys)
     assert code == 2 and "cost estimate" in err and "yes=true" in err
     assert not out.exists()
+
+
+def test_a_failed_download_is_tried_once_per_grid_not_once_per_cell(tmp_path, capsys, monkeypatch,
+                                                                    test_samplers, tiny_profile):
+    from targets import data
+    monkeypatch.setenv("BOLTZBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("BOLTZBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BOLTZBENCH_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "OFFICIAL_URL", "http://127.0.0.1:9/{file}")  # refused at once
+    monkeypatch.setattr(data, "DOWNLOAD_ATTEMPTS", 1)
+    code, err = run_grid([f"out={tmp_path / 'o'}", "launcher=debug", f"profile={tiny_profile}",
+                          "samplers=t_gauss", "targets=dw4", "seeds=3", "figures=false"], capsys)
+    assert code == 0 and "ok, unscored 3" in err
+    assert err.count("[data] downloading test_split_DW4.npy") == 1  # pre-flight only
+    assert "BOLTZBENCH_OFFLINE" not in __import__("os").environ  # restored after the run
