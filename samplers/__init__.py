@@ -1,7 +1,9 @@
 """Registry of samplers. ``samplers.get("mala")`` returns the class; ``cls.Config`` its config."""
 from __future__ import annotations
 
-from .base import Budget, BudgetClock, Diverged, Sampler, check_finite
+from .base import (BINDINGS, Budget, BudgetClock, Diverged, Sampler, acceptance_warning,
+                   below_one_step_warning, check_bool, check_choice, check_device, check_finite,
+                   check_int, check_nonnegative, check_positive, check_range, validated)
 
 _REGISTRY: dict[str, type] = {}
 
@@ -29,4 +31,7 @@ from . import mcmc, smc  # noqa: E402,F401  (MCMC helper: registers mala, hmc, r
 from . import dds, fab, pis  # noqa: E402,F401  (PIS/DDS helper)
 from . import idem  # noqa: E402,F401  (iDEM helper: registers idem, pdem)
 
-__all__ = ["Budget", "BudgetClock", "Diverged", "Sampler", "check_finite", "register", "get", "names"]
+__all__ = ["BINDINGS", "Budget", "BudgetClock", "Diverged", "Sampler", "acceptance_warning",
+           "below_one_step_warning", "check_bool", "check_choice", "check_device", "check_finite",
+           "check_int", "check_nonnegative", "check_positive", "check_range", "validated",
+           "register", "get", "names"]

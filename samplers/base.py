@@ -108,6 +108,12 @@ class BudgetClock:
             return False
         return True
 
+    def out_of_time(self) -> bool:
+        """Whether ``max_seconds`` has passed (a pure query: ``binding`` is left to ``exhausted``).
+        For long loops inside one step that no energy or step cap can stop, e.g. a generation."""
+        b = self.budget
+        return b.max_seconds is not None and self.seconds >= b.max_seconds
+
     def cap(self) -> str:
         """The binding cap as ``field=value`` (e.g. ``max_energy_evals=3000``), for messages."""
         field = {"energy_evals": "max_energy_evals", "seconds": "max_seconds",

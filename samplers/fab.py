@@ -21,6 +21,12 @@ Step sizes: one per intermediate, adapted by dual averaging (samplers/kernels.py
 
 Cost per AIS round: n_ais · (1 + K · n_leapfrog) energy(+gradient) evaluations, charged through
 ``target.energy_and_grad``; training steps and ``sample`` / ``log_prob`` cost none.
+
+Budget: a *step* (``Budget.max_steps``, and ``max_iters``) is one gradient step of the flow. An AIS
+round runs only if its whole cost fits the energy cap; every cap is checked before every AIS round
+and before every gradient step. No gradient step happens until the buffer holds ``buffer_min``
+points (about ``buffer_min / batch_size`` AIS rounds), so a budget that ends before that leaves
+the untrained flow (its base N(0, sigma^2 I)) and says so in ``info["warnings"]``.
 Hyperparameters after fab-torch's GMM config (lr 1e-4, batch 128, grad-norm clip 100, buffer 12800
 / 1280, 4 updates per AIS batch) with a smaller flow; K = 2 intermediates as that config.
 """
@@ -34,7 +40,8 @@ import torch
 from torch import nn
 
 from . import kernels, register
-from .base import Budget, check_finite
+from .base import (Budget, below_one_step_warning, check_device, check_finite, check_int,
+                   check_positive, check_range, validated)
 from .pis import SIGMA_DEFAULTS, _target_name
 
 
@@ -56,6 +63,22 @@ class FABConfig:
     max_iters: int | None = None      # gradient steps
     sample_batch: int = 1000
     device: str = "cpu"
+
+    def validate(self) -> None:
+        """Raise ValueError (message starts with the field name) for any value out of range."""
+        check_positive("sigma", self.sigma, optional=True)
+        for name in ("n_layers", "hidden", "batch_size", "n_updates_per_ais", "buffer_size",
+                     "buffer_min", "n_intermediate", "n_leapfrog", "sample_batch"):
+            check_int(name, getattr(self, name))
+        check_positive("lr", self.lr)
+        check_positive("max_grad_norm", self.max_grad_norm, optional=True)
+        check_positive("step_size", self.step_size)
+        check_range("target_accept", self.target_accept, 0, 1)
+        check_int("max_iters", self.max_iters, minimum=0, optional=True)
+        if self.buffer_min > self.buffer_size:
+            raise ValueError(f"buffer_min: got {self.buffer_min}; expected <= buffer_size="
+                             f"{self.buffer_size}")
+        check_device("device", self.device)
 
 
 def helmert_basis(n_particles: int, spatial_dim: int) -> torch.Tensor:
@@ -143,21 +166,7 @@ class FAB:
         cfg = config if config is not None else FABConfig()
         if not isinstance(cfg, FABConfig):
             raise TypeError(f"fab: config must be a FABConfig, got {type(cfg).__name__}")
-        for name in ("n_layers", "hidden", "batch_size", "n_updates_per_ais", "buffer_size",
-                     "buffer_min", "n_intermediate", "n_leapfrog", "sample_batch"):
-            v = getattr(cfg, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"fab: config.{name} must be a positive int, got {v!r}")
-        for name in ("lr", "step_size"):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"fab: config.{name} must be > 0, got {getattr(cfg, name)!r}")
-        if cfg.sigma is not None and not cfg.sigma > 0:
-            raise ValueError(f"fab: config.sigma must be > 0 or None, got {cfg.sigma!r}")
-        if not 0 < cfg.target_accept < 1:
-            raise ValueError(f"fab: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
-        if cfg.buffer_min > cfg.buffer_size:
-            raise ValueError(f"fab: config.buffer_min ({cfg.buffer_min}) must be <= buffer_size "
-                             f"({cfg.buffer_size})")
+        validated(cfg, "fab")
         self.config = cfg
         self.flow: RealNVP | None = None
 
@@ -261,6 +270,7 @@ class FAB:
             raise TypeError(f"fab.fit: generator must be a torch.Generator, "
                             f"got {type(generator).__name__}")
         cfg = self.config
+        clock = budget.start(target)  # max_seconds covers the set-up too
         self._bind(target, generator)
         opt = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)
         self.adapters = [kernels.Adapter(cfg.step_size, cfg.target_accept)
@@ -270,11 +280,11 @@ class FAB:
         buf_u = torch.empty(0, self.d_eff, device=self.device)
         buf_lw = torch.empty(0, device=self.device)
         buf_lq = torch.empty(0, device=self.device)
-        clock = budget.start(target)
         cost = cfg.batch_size * (1 + cfg.n_intermediate * cfg.n_leapfrog)
         steps, rounds, last = 0, 0, {}
-        while (not clock.exhausted(steps) and clock.allows(cost)
-               and (cfg.max_iters is None or steps < cfg.max_iters)):
+        done = False
+        while (not done and (cfg.max_iters is None or steps < cfg.max_iters)
+               and not clock.exhausted(steps) and clock.allows(cost)):
             u, log_w = self._ais(cfg.batch_size, generator)
             rounds += 1
             keep = torch.isfinite(log_w)
@@ -288,6 +298,9 @@ class FAB:
                 continue
             for _ in range(cfg.n_updates_per_ais):
                 if cfg.max_iters is not None and steps >= cfg.max_iters:
+                    break
+                if clock.exhausted(steps):
+                    done = True
                     break
                 idx = torch.multinomial(torch.softmax(buf_lw.double(), 0).float().cpu(),
                                         cfg.batch_size, replacement=True,
@@ -305,7 +318,19 @@ class FAB:
                     buf_lw[idx] = buf_lw[idx] + buf_lq[idx] - lq_new
                     buf_lq[idx] = lq_new
                 last["loss"] = float(loss.detach())
+        warnings = []
+        if steps == 0:
+            rounds_needed = -(-cfg.buffer_min // cfg.batch_size)
+            warnings.append(
+                below_one_step_warning(
+                    clock, "training step", rounds_needed * cost,
+                    f"the samples are from the untrained flow (the first gradient step needs "
+                    f"buffer_min={cfg.buffer_min} buffered points, ~{rounds_needed} AIS rounds of "
+                    f"{cost} evaluations; {rounds} ran)")
+                if clock.binding != "none" else
+                "max_iters=0: no training step ran; the samples are from the untrained flow")
         return {"steps": steps, "ais_rounds": rounds, "sigma": self.sigma,
+                "budget_binding": clock.binding, "warnings": warnings,
                 "buffer": int(buf_u.shape[0]), "energy_evals": clock.energy_evals,
                 "seconds": clock.seconds, "hmc_step_sizes": list(self.step_sizes),
                 "hmc_accept": list(self.accept), **{f"train_{k}": v for k, v in last.items()}}

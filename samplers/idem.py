@@ -20,8 +20,16 @@ After ``setup`` these attributes are stable too: ``rc`` (the resolved config), `
 (iDEM), ``steps``, ``outer``, and ``device_generator(generator)`` (the generator the sampler
 draws from on its device).
 
-``fit(target, budget, generator)`` runs outer iterations until the budget is spent (``max_steps``
-counts optimiser steps; a step starts only if its B*K energy evaluations fit the energy cap).
+``fit(target, budget, generator)`` runs outer iterations until the budget is spent. A *step*
+(``Budget.max_steps``) is one optimiser step (``train_step``, B*K energy evaluations); a step
+starts only if its B*K evaluations fit the energy cap. Every cap is checked before every step;
+``max_seconds`` also before every Euler-Maruyama step of the buffer generation and of GMM-40's
+estimator-driven start (1024 x 1000 x K evaluations by default), so a tiny time cap stops within
+one step. That start runs only if it fits the energy cap whole (else the prior start); stopped by
+``max_seconds`` it falls back to the prior start too. It is set-up, not a step: a steps-only
+budget runs it whole. A generation interrupted by ``max_seconds`` pushes nothing (training is
+over). A fit that ends before the first step keeps the untrained network and says so in
+``info["warnings"]``.
 
 Deliberate deviations from the official code (each also noted where it happens):
 * No ReduceLROnPlateau: the official schedule monitors the DEM loss on noised VALIDATION
@@ -51,14 +59,14 @@ import torch
 
 from . import register
 from .allocator import retain_freed_memory
-from .base import Budget, Diverged, check_finite
+from .base import Budget, Diverged, below_one_step_warning, check_finite
 from .dem.buffer import ReplayBuffer
 from .dem.config import DEMConfig, resolve, validate
 from .dem.estimator import mc_score
 from .dem.loss import dem_loss, lambda_weight
 from .dem.networks import build_network
 from .dem.schedule import GeometricSchedule
-from .dem.sde import negative_time, reverse_sde
+from .dem.sde import Interrupted, negative_time, reverse_sde
 from .dem.space import Space
 
 
@@ -119,6 +127,7 @@ class IDEM:
         self.opt = adam(list(self.net.parameters()), c.lr)
         self.steps, self.outer, self.history = 0, 0, []
         self.init_mode = "none"
+        self._stop = clock.out_of_time if clock is not None else None
         self.buffer = ReplayBuffer(target.dim, c.buffer_size, c.buffer_min, self.device) \
             if self.use_buffer else None
         if self._pending_state is not None:
@@ -131,8 +140,9 @@ class IDEM:
         c = self.rc
         mode = "prior" if self.space.particles else c.gmm_init
         cost = c.n_init * c.n_integration_steps * c.n_mc
-        if mode == "estimator" and clock is not None and not clock.allows(cost):
+        if mode == "estimator" and clock is not None and not clock.allows(cost, record=False):
             mode = "prior (estimator start does not fit the energy budget)"
+        x = None
         if mode == "estimator":
             # Official GMM start: reverse SDE driven by the clipped MC estimator itself.
             def score(t, x):
@@ -140,8 +150,13 @@ class IDEM:
                 return mc_score(x, h, self.space.energy_and_grad, c.n_mc, g,
                                 clip=c.score_clip or None, group=self.space.clip_group,
                                 chunk=c.estimator_chunk)
-            x = self._sde(score, c.n_init, g)
-        else:
+            try:
+                x = self._sde(score, c.n_init, g, stop=self._stop)
+            except Interrupted as exc:
+                done = str(exc).split("stopped after ")[-1]
+                mode = (f"prior (estimator-driven start stopped by max_seconds="
+                        f"{clock.budget.max_seconds:g} after {done} of its reverse SDE)")
+        if x is None:
             x = self.space.prior(c.n_init, self.schedule.prior_std, g, self.device)
         self.init_mode = mode
         self._push(x)
@@ -194,11 +209,19 @@ class IDEM:
         self._end_outer(generator, losses)
         return sum(losses) / len(losses)
 
-    def _end_outer(self, generator, losses) -> None:
-        if self.use_buffer:
-            self._push(self._generate(self.rc.n_generate, self._gen(generator), negative=False))
-        self.outer += 1
+    def _end_outer(self, generator, losses, stop=None) -> bool:
+        """Generate into the buffer (iDEM) and count the outer iteration; False (nothing pushed,
+        not counted) when ``stop()`` interrupted the generation."""
         self.history.append(sum(losses) / len(losses))
+        if self.use_buffer:
+            try:
+                y = self._generate(self.rc.n_generate, self._gen(generator), negative=False,
+                                   stop=stop)
+            except Interrupted:
+                return False
+            self._push(y)
+        self.outer += 1
+        return True
 
     def _push(self, y: torch.Tensor) -> None:
         check_finite(y, f"{self.name} generated samples")
@@ -218,11 +241,21 @@ class IDEM:
                     break
                 losses.append(self.train_step(generator))
             if losses and not done:
-                self._end_outer(generator, losses)
+                done = not self._end_outer(generator, losses, stop=clock.out_of_time)
             elif losses:  # partial outer iteration: no generation (training is over)
                 self.history.append(sum(losses) / len(losses))
+        if done and clock.binding == "none":  # a generation stopped by max_seconds
+            clock.exhausted(self.steps)
         seconds = time.perf_counter() - t0
+        warnings = []
+        if self.init_mode.startswith("prior (estimator-driven start stopped"):  # set in _init_buffer
+            warnings.append(f"the {self.init_mode[len('prior ('):-1]}: the buffer starts from the "
+                            f"prior instead")
+        if self.steps == 0:
+            warnings.append(below_one_step_warning(
+                clock, "training step", step_cost, "the samples are from the untrained network"))
         return {"steps": self.steps, "outer_iterations": self.outer, "init": self.init_mode,
+                "budget_binding": clock.binding, "warnings": warnings,
                 "init_energy_evals": init_evals,
                 # None (not NaN) when the budget ended before the first step: nothing diverged
                 "final_loss": self.history[-1] if self.history else None,
@@ -231,18 +264,19 @@ class IDEM:
                 "config": dataclasses.asdict(self.rc)}
 
     # ------------------------------------------------------------------ sampling
-    def _sde(self, score, n: int, g: torch.Generator) -> torch.Tensor:
+    def _sde(self, score, n: int, g: torch.Generator, stop=None) -> torch.Tensor:
         x = self.space.prior(n, self.schedule.prior_std, g, self.device)
         return reverse_sde(score, x, self.schedule, self.rc.n_integration_steps,
-                           self.rc.diffusion_scale, g, self.space.project)
+                           self.rc.diffusion_scale, g, self.space.project, stop=stop)
 
-    def _generate(self, n: int, g: torch.Generator, negative: bool) -> torch.Tensor:
-        """``[n, dim]`` in training coordinates, in batches of ``sample_batch``."""
+    def _generate(self, n: int, g: torch.Generator, negative: bool, stop=None) -> torch.Tensor:
+        """``[n, dim]`` in training coordinates, in batches of ``sample_batch``; ``stop()`` is
+        asked before every SDE step (True raises ``Interrupted``)."""
         c, out = self.rc, []
         self.net.eval()
         try:
             for i in range(0, n, c.sample_batch):
-                y = self._sde(self._net_fn, min(c.sample_batch, n - i), g)
+                y = self._sde(self._net_fn, min(c.sample_batch, n - i), g, stop=stop)
                 if negative and c.n_negative_steps:
                     y = negative_time(y, self.space.true_score, c.n_negative_steps, c.negative_dt,
                                       c.score_clip or None, self.space.project)

@@ -4,9 +4,15 @@ Thin shells around the pure kernels of :mod:`samplers.kernels`: ``n_chains`` cha
 parallel; the step size is adapted by dual averaging during warm-up only and then frozen (so the
 post-warm-up chain is a time-homogeneous Markov chain that leaves the target invariant); every
 ``thinning``-th post-warm-up state of every chain goes into a sample pool from which ``sample(n)``
-draws. A *step* (``Budget.max_steps``) is one MCMC transition of all chains; it costs
-``n_chains`` energy-and-gradient evaluations (HMC: ``n_leapfrog · n_chains``), plus ``n_chains``
-once to initialise. The energy cap is never exceeded: a step runs only if ``clock.allows`` its cost.
+draws. A *step* (``Budget.max_steps``) is one MCMC transition of all chains (warm-up included);
+it costs ``n_chains`` energy-and-gradient evaluations (HMC: ``n_leapfrog · n_chains``), plus
+``n_chains`` once to initialise (and DW-4's quench steps, which are not steps). The energy cap is
+never exceeded: a step runs only if ``clock.allows`` its cost; ``max_seconds`` is checked before
+every transition and every quench step. A budget below one evaluation of the chains raises
+ValueError; one that allows the initial evaluation but no transition returns the starts with a
+``warnings`` entry. Health in the info: ``acceptance_mean`` / ``acceptance_min`` (over chains,
+post-warm-up steps, or all steps when none was post-warm-up; NaN with no step) and a warning when
+the mean is below 1 % (frozen chains, e.g. a huge fixed ``step_size`` with ``adapt=False``).
 
 ``rwm`` follows the ICLR 2025 blog's MCMC baseline (reference-idem.md §1.1 A): Metropolis with a
 symmetric Gaussian proposal and the tuned, fixed proposal std DW-4 0.5, LJ-13 0.025 (Klein et al.),
@@ -37,7 +43,8 @@ from typing import Any, ClassVar
 import torch
 
 from . import kernels, register
-from .base import Budget, check_finite
+from .base import (Budget, acceptance_warning, below_one_step_warning, check_bool, check_choice,
+                   check_device, check_finite, check_int, check_positive, check_range, validated)
 from .starts import (INIT_DEFAULTS, INITS, PRIOR_DEFAULTS, QUENCH_DEFAULTS, QUENCH_FALLBACK,
                      device_generator, initial_positions, is_particle, quench, resolve_device)
 
@@ -70,6 +77,20 @@ class MCMCConfig:
     quench_steps: int | None = None     # None: QUENCH_DEFAULTS (DW-4 50, others 0)
     device: str = "cpu"                 # chains live here; the pool and samples are CPU float32
 
+    def validate(self) -> None:
+        """Raise ValueError (message starts with the field name) for any value out of range."""
+        for f in ("n_chains", "thinning", "pool_size", "n_leapfrog"):
+            check_int(f, getattr(self, f))
+        for f in ("max_warmup_steps", "quench_steps"):
+            check_int(f, getattr(self, f), minimum=0, optional=True)
+        check_range("warmup_fraction", self.warmup_fraction, 0, 1, low_open=False)
+        check_positive("step_size", self.step_size, optional=True)
+        check_positive("init_scale", self.init_scale, optional=True)
+        check_range("target_accept", self.target_accept, 0, 1, optional=True)
+        check_bool("adapt", self.adapt)
+        check_choice("init", self.init, INITS, optional=True)
+        check_device("device", self.device)
+
 
 @dataclass
 class RWMConfig(MCMCConfig):
@@ -86,29 +107,7 @@ class _MCMCSampler:
         if not isinstance(cfg, MCMCConfig):
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, "
                             f"got {type(cfg).__name__}")
-        for f in ("n_chains", "thinning", "pool_size", "n_leapfrog"):
-            v = getattr(cfg, f)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{self.name}: config.{f} must be a positive int, got {v!r}")
-        for f in ("max_warmup_steps", "quench_steps"):
-            v = getattr(cfg, f)
-            if v is not None and (not isinstance(v, int) or v < 0):
-                raise ValueError(f"{self.name}: config.{f} must be an int >= 0 or None, got {v!r}")
-        if not 0 <= cfg.warmup_fraction < 1:
-            raise ValueError(f"{self.name}: config.warmup_fraction must be in [0, 1), "
-                             f"got {cfg.warmup_fraction!r}")
-        for f in ("step_size", "init_scale"):
-            v = getattr(cfg, f)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{self.name}: config.{f} must be > 0 or None, got {v!r}")
-        if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
-            raise ValueError(f"{self.name}: config.target_accept must be in (0, 1), "
-                             f"got {cfg.target_accept!r}")
-        if cfg.init is not None and cfg.init not in INITS:
-            raise ValueError(f"{self.name}: config.init must be one of {INITS} or None, "
-                             f"got {cfg.init!r}")
-        resolve_device(cfg.device, self.name)
-        self.config = cfg
+        self.config = validated(cfg, self.name)
         self.pool: torch.Tensor | None = None
         self.target = None
 
@@ -140,7 +139,7 @@ class _MCMCSampler:
         project = target.remove_mean if is_particle(target) else None
         # Keep room for the initial evaluation of the state after the quench.
         x0, n_q = quench(x0, target.energy_and_grad, n_q, lr, cap, project,
-                         lambda n: clock.allows(n + c))
+                         lambda n: clock.allows(n + c, record=False) and not clock.exhausted())
         state = kernels.init(x0, target.energy_and_grad)
         self._check(state, "initial state")
         return self._run(target, state, budget, clock, device_generator(generator, dev),
@@ -205,6 +204,17 @@ class _MCMCSampler:
             pool.add(state.x)
         self.pool = pool.tensor()
         self.step_size = h
+        warnings = []
+        if run["steps"] == 0:
+            warnings.append(below_one_step_warning(
+                clock, "MCMC step", cost, "the samples are the chains' starting points"))
+        elif run["post_warmup_steps"] < cfg.thinning:
+            warnings.append(f"no post-warm-up state entered the pool ({run['post_warmup_steps']} "
+                            f"post-warm-up steps < thinning={cfg.thinning}; budget {clock.cap()}): "
+                            f"the samples are the final chain states")
+        frozen = acceptance_warning(run["acceptance_mean"])
+        if frozen:
+            warnings.append(frozen)
         return {**info, **run, "adapted": adapter is not None, "target_accept": accept_target,
                 "n_chains": cfg.n_chains, "n_leapfrog": cfg.n_leapfrog if self.kernel == "hmc" else None,
                 "pool_size": int(self.pool.shape[0]), "pool_source": (
@@ -212,7 +222,8 @@ class _MCMCSampler:
                     else "final chain states (no post-warm-up draw)"),
                 "pool_note": "sample(n) draws without replacement if n <= pool_size, else with replacement",
                 "final_energy_mean": float(state.energy.mean()),
-                "energy_evals": clock.energy_evals, "seconds": clock.seconds}
+                "energy_evals": clock.energy_evals, "seconds": clock.seconds,
+                "budget_binding": clock.binding, "warnings": warnings}
 
 
 class Pool:
@@ -238,13 +249,18 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
     evaluations. The first ``warm_steps`` steps (or ``warm_secs`` seconds) are warm-up: ``adapter``
     (if any) updates h after each, and at the end h is frozen at ``adapter.final()``. Afterwards
     every ``thinning``-th state goes into ``pool``. ``steps_done`` steps spent before this loop
-    count toward ``Budget.max_steps``. Returns the final state, step size and counts."""
+    count toward ``Budget.max_steps``. Returns the final state, step size and counts, and the
+    acceptance: ``acceptance`` / ``acceptance_min_chain`` over post-warm-up steps (None without
+    any), ``acceptance_mean`` / ``acceptance_min`` (over chains) over the post-warm-up steps, or
+    over all steps when none was post-warm-up (NaN without any step)."""
     step, warmup_done, post = 0, 0, 0
     warming = warm_steps > 0
     accepted = torch.zeros(state.x.shape[0], device=state.x.device)
+    accepted_all = torch.zeros_like(accepted)
     while not clock.exhausted(steps_done + step) and clock.allows(cost):
         state, acc = step_fn(state, h)
         step += 1
+        accepted_all += acc.float()
         if check is not None:
             check(state, f"chains after step {step}")
         if warming:
@@ -263,7 +279,11 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
         h = adapter.final() if adapter is not None else h
     return {"state": state, "steps": step, "warmup_steps": warmup_done, "post_warmup_steps": post,
             "step_size": h, "acceptance": float(accepted.mean() / post) if post else None,
-            "acceptance_min_chain": float(accepted.min() / post) if post else None}
+            "acceptance_min_chain": float(accepted.min() / post) if post else None,
+            "acceptance_mean": (float(accepted.mean() / post) if post else
+                                float(accepted_all.mean() / step) if step else math.nan),
+            "acceptance_min": (float(accepted.min() / post) if post else
+                               float(accepted_all.min() / step) if step else math.nan)}
 
 
 @register

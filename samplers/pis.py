@@ -29,6 +29,12 @@ baselines' published hyperparameters are not known, §5):
   at the Dirac start, where all particles coincide and autograd gives 0·inf) are set to 0 first.
 * The terminal gradient used in backpropagation is clipped at the same ±``score_clip`` (in
   z-units); the loss *value* and the weights use the exact energy.
+* A *step* (``Budget.max_steps``, and ``max_iters``) is one optimiser step: one simulated batch
+  of ``batch_size`` paths, costing ``batch_size · (n_steps + 1)`` energy(+gradient) evaluations
+  (the score feature at every SDE step plus the terminal energy). The energy cap, ``max_seconds``
+  and ``max_steps`` are checked before every optimiser step; a step starts only if its whole cost
+  fits the energy cap. A budget that ends before the first step leaves the untrained control
+  (u = 0 at initialisation: the reference process) and says so in ``info["warnings"]``.
 * ``has_log_prob`` is False: PIS gives path-wise weights, not a marginal density. Instead
   ``has_importance_weights`` is True and :meth:`log_weights` returns ``(samples, log_w)``, from
   which log Z = logmeanexp(log w) and ESS = 1 / (n Σ softmax(log w)^2) follow.
@@ -42,7 +48,8 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from . import register
-from .base import Budget, Diverged, check_finite
+from .base import (Budget, Diverged, below_one_step_warning, check_device, check_finite,
+                   check_int, check_nonnegative, check_positive, validated)
 from .nets import ControlNet, init_parameters
 
 # Per-target reference scale sigma (original units). GMM-40: the prior must cover [-40, 40]^2 (the
@@ -88,6 +95,24 @@ class PISConfig:
     sample_batch: int = 1000        # trajectories per chunk in sample / log_weights
     device: str = "cpu"
 
+    def validate(self) -> None:
+        """Raise ValueError (message starts with the field name) for any value out of range."""
+        validate_sde_config(self)
+        check_positive("t_final", self.t_final)
+
+
+def validate_sde_config(cfg) -> None:
+    """The fields PIS and DDS share (see ``PISConfig.validate``)."""
+    check_positive("sigma", cfg.sigma, optional=True)
+    for name in ("n_steps", "batch_size", "hidden", "n_layers", "sample_batch"):
+        check_int(name, getattr(cfg, name))
+    check_positive("lr", cfg.lr)
+    check_nonnegative("weight_decay", cfg.weight_decay)
+    check_positive("score_clip", cfg.score_clip)
+    check_positive("max_grad_norm", cfg.max_grad_norm, optional=True)
+    check_int("max_iters", cfg.max_iters, minimum=0, optional=True)
+    check_device("device", cfg.device)
+
 
 class ControlledSDESampler:
     """Shared training / sampling loop of PIS and DDS (subclasses define the reference process).
@@ -108,7 +133,7 @@ class ControlledSDESampler:
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, "
                             f"got {type(cfg).__name__}")
-        self._validate(cfg)
+        validated(cfg, self.name)
         self.config = cfg
         self.net: ControlNet | None = None
         self.target = None
@@ -116,23 +141,6 @@ class ControlledSDESampler:
         self._pending_state: dict | None = None
 
     # ------------------------------------------------------------------ configuration
-    def _validate(self, cfg) -> None:
-        for name in ("n_steps", "batch_size", "hidden", "n_layers", "sample_batch"):
-            v = getattr(cfg, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{self.name}: config.{name} must be a positive int, got {v!r}")
-        for name in ("lr", "score_clip"):
-            v = getattr(cfg, name)
-            if not v > 0:
-                raise ValueError(f"{self.name}: config.{name} must be > 0, got {v!r}")
-        for name in ("sigma", "max_grad_norm"):
-            v = getattr(cfg, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{self.name}: config.{name} must be > 0 or None, got {v!r}")
-        if cfg.max_iters is not None and (not isinstance(cfg.max_iters, int) or cfg.max_iters < 0):
-            raise ValueError(f"{self.name}: config.max_iters must be an int >= 0 or None, "
-                             f"got {cfg.max_iters!r}")
-
     @classmethod
     def tiny_config(cls, target):
         """A configuration that fits and samples in about a second on CPU (contract tests)."""
@@ -161,6 +169,7 @@ class ControlledSDESampler:
             raise TypeError(f"{self.name}.fit: generator must be a torch.Generator, "
                             f"got {type(generator).__name__}")
         cfg = self.config
+        clock = budget.start(target)  # max_seconds covers the set-up too
         self._bind(target, generator)
         opt = self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
@@ -168,11 +177,10 @@ class ControlledSDESampler:
         if self._pending_state is not None:  # resume from a checkpoint (runners/cell.py)
             self._load(self._pending_state)
             self._pending_state = None
-        clock = budget.start(target)
         cost = cfg.batch_size * (cfg.n_steps + 1)  # N score calls + 1 terminal energy_and_grad
         it, last = self.steps, {}
-        while (not clock.exhausted(it) and clock.allows(cost)
-               and (cfg.max_iters is None or it < cfg.max_iters)):
+        while ((cfg.max_iters is None or it < cfg.max_iters)
+               and not clock.exhausted(it) and clock.allows(cost)):
             loss, log_w = self._loss(cfg.batch_size, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,8 +193,16 @@ class ControlledSDESampler:
             it = self.steps = it + 1
             last = {"loss": float(loss.detach()), "elbo": float(log_w.mean()), "log_z": logmeanexp(log_w),
                     "ess": normalised_ess(log_w)}
+        warnings = []
+        if it == 0:
+            warnings.append(
+                below_one_step_warning(clock, "training step", cost,
+                                       "the samples are from the untrained model")
+                if clock.binding != "none" else
+                "max_iters=0: no training step ran; the samples are from the untrained model")
         return {"steps": it, "sigma": self.sigma, "n_sde_steps": cfg.n_steps,
                 "energy_evals": clock.energy_evals, "seconds": clock.seconds,
+                "budget_binding": clock.binding, "warnings": warnings,
                 **{f"train_{k}": v for k, v in last.items()}}
 
     def state_dict(self) -> dict[str, Any]:
@@ -319,11 +335,6 @@ class PIS(ControlledSDESampler):
     name = "pis"
     pretty_name = "PIS"
     Config = PISConfig
-
-    def _validate(self, cfg):
-        super()._validate(cfg)
-        if not cfg.t_final > 0:
-            raise ValueError(f"pis: config.t_final must be > 0, got {cfg.t_final!r}")
 
     def _build_schedule(self):
         n = self.config.n_steps

@@ -21,7 +21,12 @@ one final reweighting and resampling (no evaluations needed; ``schedule_truncate
 log Z: the product of the weight means is an unbiased estimate of Z (the log is biased low by
 about Var/2). Priors (:func:`samplers.starts.prior_for`): GMM-40 U([-45, 45]^2) (the blog's);
 particles a mean-free Gaussian, so Z is the integral of exp(-E) over the mean-free subspace.
-A step (``Budget.max_steps``) is one move of all chains, costing C evaluations.
+A step (``Budget.max_steps``) is one move of all chains (MALA or RWM transition, during tempering
+or in the MCMC phase at β = 1), costing C evaluations; the C evaluations of the prior draws are
+not a step. ``max_seconds`` and the energy cap are checked before every move. A budget below one
+move returns the prior draws importance-resampled to β = 1, with a ``warnings`` entry; a truncated
+schedule is a warning too. ``acceptance_mean`` / ``acceptance_min`` (over chains) are those of the
+MCMC phase at β = 1 when it ran, else of the tempering moves (per particle slot).
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ from typing import Any, ClassVar
 import torch
 
 from . import kernels, register
-from .base import Budget, Diverged, check_finite
+from .base import (Budget, Diverged, acceptance_warning, below_one_step_warning, check_bool,
+                   check_choice, check_device, check_finite, check_int, check_positive,
+                   check_range, validated)
 from .mcmc import FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, run_chains
 from .starts import device_generator, is_particle, prior_for, resolve_device
 
@@ -55,6 +62,20 @@ class SMCConfig:
     thinning: int = 10
     pool_size: int = 100_000
     device: str = "cpu"                 # particles live here; the pool and samples are CPU float32
+
+    def validate(self) -> None:
+        """Raise ValueError ``"<field>: got <value>; expected/allowed ..."`` for a bad field."""
+        for f in ("n_chains", "steps_per_temp", "max_temps", "thinning", "pool_size"):
+            check_int(f, getattr(self, f))
+        check_choice("kernel", self.kernel, SMC_KERNELS)
+        check_range("cess_fraction", self.cess_fraction, 0, 1)
+        check_range("resample_threshold", self.resample_threshold, 0, 1)
+        check_positive("step_size", self.step_size, optional=True)
+        check_positive("prior_scale", self.prior_scale, optional=True)
+        check_range("target_accept", self.target_accept, 0, 1, optional=True)
+        check_bool("adapt", self.adapt)
+        check_bool("continue_mcmc", self.continue_mcmc)
+        check_device("device", self.device)
 
 
 class _Tempered:
@@ -112,23 +133,7 @@ class SMC:
         cfg = config if config is not None else SMCConfig()
         if not isinstance(cfg, SMCConfig):
             raise TypeError(f"smc: config must be a SMCConfig, got {type(cfg).__name__}")
-        for f in ("n_chains", "steps_per_temp", "max_temps", "thinning", "pool_size"):
-            v = getattr(cfg, f)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"smc: config.{f} must be a positive int, got {v!r}")
-        if cfg.kernel not in SMC_KERNELS:
-            raise ValueError(f"smc: config.kernel must be one of {SMC_KERNELS}, got {cfg.kernel!r}")
-        for f in ("cess_fraction", "resample_threshold"):
-            if not 0 < getattr(cfg, f) < 1:
-                raise ValueError(f"smc: config.{f} must be in (0, 1), got {getattr(cfg, f)!r}")
-        for f in ("step_size", "prior_scale"):
-            v = getattr(cfg, f)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"smc: config.{f} must be > 0 or None, got {v!r}")
-        if cfg.target_accept is not None and not 0 < cfg.target_accept < 1:
-            raise ValueError(f"smc: config.target_accept must be in (0, 1), got {cfg.target_accept!r}")
-        resolve_device(cfg.device, "smc")
-        self.config = cfg
+        self.config = validated(cfg, "smc")
         self.pool = None
         self.target = None
 
@@ -163,10 +168,14 @@ class SMC:
             raise Diverged("smc: target energies of the prior draws are NaN or all infinite")
         log_w = torch.zeros(c, dtype=torch.float64, device=dev)
         log_z, beta, temps, steps, truncated = 0.0, 0.0, 0, 0, False
-        accs, min_ess = [], 1.0
+        accs, min_ess, truncated_at = [], 1.0, None
+        acc_slots = torch.zeros(c, device=dev)  # accepted moves per particle slot (tempering)
         while beta < 1.0:
-            budget_left = (not clock.exhausted(steps) and clock.allows(cfg.steps_per_temp * c)
-                           and temps < cfg.max_temps)
+            budget_left = (temps < cfg.max_temps and not clock.exhausted(steps)
+                           and clock.allows(cfg.steps_per_temp * c))
+            if not budget_left and truncated_at is None:
+                truncated_at = beta
+                why = "max_temps" if temps >= cfg.max_temps else "budget " + clock.cap()
             new_beta = next_beta(beta, log_w, e1 - e0, cfg.cess_fraction) if budget_left else 1.0
             truncated = truncated or not budget_left
             de = (e1 - e0).double()
@@ -195,6 +204,7 @@ class SMC:
                 e0, e1 = torch.where(acc, p0, e0), torch.where(acc, p1, e1)
                 g0, g1 = torch.where(a, pg0, g0), torch.where(a, pg1, g1)
                 accs.append(float(acc.float().mean()))
+                acc_slots += acc.float()
                 if cfg.adapt:
                     h *= math.exp(accs[-1] - accept_target)
             x = state.x
@@ -210,6 +220,26 @@ class SMC:
             state = run.pop("state")
         check_finite(state.energy, "smc: energies")
         self.pool = pool.tensor()
+        smc_steps = steps
+        if run.get("steps"):
+            acc_mean, acc_min = run["acceptance_mean"], run["acceptance_min"]
+        elif smc_steps:
+            acc_mean = float(acc_slots.mean() / smc_steps)
+            acc_min = float(acc_slots.min() / smc_steps)
+        else:
+            acc_mean = acc_min = math.nan
+        warnings = []
+        if smc_steps + run["steps"] == 0:
+            warnings.append(below_one_step_warning(
+                clock, "SMC move", c, "the samples are prior draws importance-resampled to the "
+                "target in one jump (no move ran)"))
+        if truncated and truncated_at is not None and truncated_at > 0:
+            warnings.append(f"tempering schedule truncated at beta={truncated_at:.3g} after "
+                            f"{temps - 1} temperatures ({why}): the population jumped to beta=1 "
+                            f"by one reweighting; log_Z and the samples are unreliable")
+        frozen = acceptance_warning(acc_mean)
+        if frozen:
+            warnings.append(frozen)
         return {"log_Z": log_z, "n_temps": temps, "schedule_truncated": truncated,
                 "smc_steps": steps, "steps": steps + run["steps"], "mcmc_steps": run["steps"],
                 "smc_acceptance_last": accs[-1] if accs else None, "mcmc_acceptance": run["acceptance"],
@@ -219,7 +249,9 @@ class SMC:
                 "pool_note": "final SMC population + thinned MCMC states at beta=1; sample(n) draws "
                              "without replacement if n <= pool_size, else with replacement",
                 "final_energy_mean": float(state.energy.mean()),
-                "energy_evals": clock.energy_evals, "seconds": clock.seconds}
+                "energy_evals": clock.energy_evals, "seconds": clock.seconds,
+                "acceptance_mean": acc_mean, "acceptance_min": acc_min,
+                "budget_binding": clock.binding, "warnings": warnings}
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``[n, dim]`` float32 draws from the pool (without replacement when ``n`` <= pool size)."""

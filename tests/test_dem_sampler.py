@@ -63,9 +63,9 @@ def test_registered_with_paper_constants():
 
 
 def test_config_validation_and_grid_compatibility():
-    with pytest.raises(ValueError, match="config.n_mc"):
+    with pytest.raises(ValueError, match="idem.n_mc: got 0"):
         IDEM(DEMConfig(n_mc=0))
-    with pytest.raises(ValueError, match="config.network"):
+    with pytest.raises(ValueError, match="idem.network: got .transformer."):
         IDEM(DEMConfig(network="transformer"))
     with pytest.raises(ValueError, match="needs a particle target"):
         resolve(DEMConfig(network="egnn"), targets.get("gmm40"), "idem")

@@ -311,7 +311,7 @@ def test_errors():
     with pytest.raises(ValueError, match="device"):
         mala(mala.Config(device="gpu0"))
     if not torch.cuda.is_available():  # never a silent CPU fallback
-        with pytest.raises(ValueError, match="no CUDA"):
+        with pytest.raises(ValueError, match="device: got .cuda. but torch.cuda.is_available"):
             samplers.get("smc")(samplers.get("smc").Config(device="cuda"))
     with pytest.raises(ValueError, match="n_chains"):
         mala().fit(CorrGauss(), Budget(max_energy_evals=10), torch.Generator())

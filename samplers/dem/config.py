@@ -26,6 +26,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..base import (check_bool, check_choice, check_device, check_int, check_nonnegative,
+                    check_positive, validated)
+
 _GMM = dict(sigma_min=1e-5, sigma_max=1.0, n_mc=500, batch_size=512, n_generate=1000,
             diffusion_scale=1.0, n_negative_steps=0, score_clip=70.0, lambda_weighting="h",
             lr=5e-4, gmm_init="estimator", network="mlp", hidden=128, n_layers=3, coord_scale=50.0,
@@ -48,6 +51,15 @@ PAPER_DEFAULTS: dict[str, dict] = {
 PER_TARGET_FIELDS = tuple(_GMM)
 CHOICES = {"lambda_weighting": ("h", "none"), "gmm_init": ("estimator", "prior"),
            "network": ("mlp", "egnn")}
+
+
+_POSITIVE_INT = ("n_mc", "batch_size", "n_inner", "n_generate", "n_integration_steps", "buffer_size",
+                 "n_init", "hidden", "n_layers", "max_outer", "estimator_chunk", "sample_batch")
+_NONNEG_INT = ("n_negative_steps", "buffer_min")
+_NONNEG = ("score_clip", "grad_clip", "lambda_eps")
+_POSITIVE = ("sigma_min", "sigma_max", "diffusion_scale", "negative_dt", "lr", "coord_scale")
+_REQUIRED = ("n_inner", "n_integration_steps", "negative_dt", "lambda_eps", "grad_clip",
+             "buffer_size", "buffer_min", "n_init")  # fields without a per-target default
 
 
 @dataclass
@@ -84,39 +96,31 @@ class DEMConfig:
     compile: bool = False                    # torch.compile the network
     device: str = "cpu"
 
-
-_POSITIVE_INT = ("n_mc", "batch_size", "n_inner", "n_generate", "n_integration_steps", "buffer_size",
-                 "n_init", "hidden", "n_layers", "max_outer", "estimator_chunk", "sample_batch")
-_NONNEG = ("n_negative_steps", "buffer_min", "score_clip", "grad_clip", "lambda_eps")
-_POSITIVE = ("sigma_min", "sigma_max", "diffusion_scale", "negative_dt", "lr", "coord_scale")
+    def validate(self) -> None:
+        """Raise ValueError whose message starts with the field name for any value out of range;
+        ``None`` passes for the per-target fields (it means the paper's value)."""
+        for name in _POSITIVE_INT:
+            check_int(name, getattr(self, name), optional=name not in _REQUIRED)
+        for name in _NONNEG_INT:
+            check_int(name, getattr(self, name), minimum=0, optional=name not in _REQUIRED)
+        for name in _NONNEG:
+            check_nonnegative(name, getattr(self, name), optional=name not in _REQUIRED)
+        for name in _POSITIVE:
+            check_positive(name, getattr(self, name), optional=name not in _REQUIRED)
+        for name, allowed in CHOICES.items():
+            check_choice(name, getattr(self, name), allowed, optional=True)
+        if self.sigma_min is not None and self.sigma_max is not None and self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max: got {self.sigma_max!r}; expected > sigma_min={self.sigma_min!r}")
+        if self.buffer_min > self.buffer_size:
+            raise ValueError(f"buffer_min: got {self.buffer_min!r}; expected <= buffer_size="
+                             f"{self.buffer_size!r}")
+        check_bool("compile", self.compile)
+        check_device("device", self.device)
 
 
 def validate(cfg: DEMConfig, who: str) -> None:
-    """Raise ValueError naming the field for any out-of-range value (``None`` always passes)."""
-    def bad(name, v, allowed):
-        raise ValueError(f"{who}: config.{name} must be {allowed}, got {v!r}")
-    for name in _POSITIVE_INT:
-        v = getattr(cfg, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            bad(name, v, "a positive int or None")
-    for name in _NONNEG:
-        v = getattr(cfg, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
-            bad(name, v, "a number >= 0 or None")
-    for name in _POSITIVE:
-        v = getattr(cfg, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-            bad(name, v, "a number > 0 or None")
-    for name, allowed in CHOICES.items():
-        v = getattr(cfg, name)
-        if v is not None and v not in allowed:
-            bad(name, v, f"one of {allowed} or None")
-    if cfg.sigma_min is not None and cfg.sigma_max is not None and cfg.sigma_max <= cfg.sigma_min:
-        bad("sigma_max", cfg.sigma_max, f"> sigma_min={cfg.sigma_min}")
-    if cfg.buffer_size is not None and cfg.buffer_min > cfg.buffer_size:
-        bad("buffer_min", cfg.buffer_min, f"<= buffer_size={cfg.buffer_size}")
-    if not isinstance(cfg.device, str) or not cfg.device:
-        bad("device", cfg.device, 'a torch device string such as "cpu" or "cuda"')
+    """``cfg.validate()`` with ``who`` prefixed to the message (``idem.n_mc: got 0; ...``)."""
+    validated(cfg, who)
 
 
 def resolve(cfg: DEMConfig, target, who: str) -> DEMConfig:
@@ -128,9 +132,10 @@ def resolve(cfg: DEMConfig, target, who: str) -> DEMConfig:
     out = dataclasses.replace(cfg, **filled)
     validate(out, who)
     if out.network == "egnn" and not getattr(target, "n_particles", None):
-        raise ValueError(f"{who}: config.network 'egnn' needs a particle target; {name!r} has no "
-                         f"particles (use 'mlp')")
+        raise ValueError(f"{who}.network: got 'egnn', which needs a particle target; {name!r} has "
+                         f"no particles; allowed here: mlp")
     if out.buffer_min > out.n_init:
-        raise ValueError(f"{who}: config.buffer_min={out.buffer_min} exceeds config.n_init="
-                         f"{out.n_init}: the first training batch could not be drawn")
+        raise ValueError(f"{who}.buffer_min: got {out.buffer_min}, which exceeds n_init="
+                         f"{out.n_init}: the first training batch could not be drawn; expected "
+                         f"<= n_init")
     return out

@@ -26,13 +26,20 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Project = Callable[[torch.Tensor], torch.Tensor]
 
 
+class Interrupted(Exception):
+    """``reverse_sde``'s ``stop()`` returned True before the integration finished (the caller's
+    budget ran out); there is no result."""
+
+
 def reverse_sde(score: ScoreFn, x: torch.Tensor, schedule: GeometricSchedule, n_steps: int,
                 diffusion_scale: float, generator: torch.Generator,
-                project: Project | None = None) -> torch.Tensor:
+                project: Project | None = None,
+                stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Integrate from ``x [B, dim]`` (prior samples at t = 1) to t = 0; returns ``[B, dim]``.
 
     ``score(t, x)`` is called under ``torch.no_grad`` once per step with ``t`` a ``[1]`` tensor
-    (one time for the whole batch); ``generator`` must live on ``x``'s device."""
+    (one time for the whole batch); ``generator`` must live on ``x``'s device. ``stop()`` (if
+    given) is asked before every step; True raises :class:`Interrupted`."""
     if n_steps < 1:
         raise ValueError(f"reverse_sde: n_steps must be >= 1, got {n_steps}")
     dt = 1.0 / n_steps
@@ -40,6 +47,8 @@ def reverse_sde(score: ScoreFn, x: torch.Tensor, schedule: GeometricSchedule, n_
     t_vec = torch.empty(1, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         for i in range(n_steps):
+            if stop is not None and stop():
+                raise Interrupted(f"reverse_sde: stopped after {i} of {n_steps} steps")
             t = 1.0 - i * dt
             g = schedule.g(t)
             s = score(t_vec.fill_(t), x)
