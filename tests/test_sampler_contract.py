@@ -13,6 +13,8 @@ Convention for sampler authors (how a new sampler joins these tests without edit
 * ``Cls.budget_slack_evals: int`` (class attribute, default 0): energy evaluations ``fit`` may
   spend beyond ``Budget.max_energy_evals`` (e.g. one final batch it cannot split). Ideally 0.
 * ``Cls.supports(target) -> True | str`` (optional): a string skips the case with that reason.
+* ``fit`` returns ``info["budget_binding"]`` (one of ``samplers.BINDINGS``) and
+  ``info["warnings"]`` (a list of str); ``Cls.Config().validate()`` accepts the defaults.
 * ``Cls.has_importance_weights`` with ``log_weights(n, generator) -> (x [n, dim], log_w [n])``
   (optional): checked like ``sample``.
 
@@ -84,6 +86,10 @@ def test_sampler_contract(sampler_name, target_name):
 
     sampler, info, fit_evals, x = _fit_and_sample(cls, target, seed=11)
     assert isinstance(info, dict)
+    # Health keys every sampler reports (samplers/base.py; runners/cell.py copies them to the row).
+    assert info.get("budget_binding") in samplers.BINDINGS, info.get("budget_binding")
+    assert isinstance(info.get("warnings"), list) and all(isinstance(w, str) for w in info["warnings"])
+    assert cls.Config().validate() is None  # the grid parser's call: defaults are valid
     slack = int(getattr(cls, "budget_slack_evals", 0))
     assert fit_evals <= BUDGET.max_energy_evals + slack, (fit_evals, slack)
 
