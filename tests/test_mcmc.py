@@ -242,6 +242,56 @@ def test_smc_budget_and_truncation():
     assert math.isfinite(info["log_Z"])
 
 
+def test_budget_binding_and_below_one_step_warning():
+    cls, t = samplers.get("mala"), CorrGauss()
+    cfg = cls.Config(n_chains=16)
+    info = cls(cfg).fit(t, Budget(max_energy_evals=16 + 15), torch.Generator().manual_seed(0))
+    # The chains' starts were evaluated, no transition fits: the starts are the samples, and say so.
+    assert info["steps"] == 0 and info["budget_binding"] == "energy_evals"
+    assert info["warnings"][0].startswith("budget below one MCMC step: the samples are the "
+                                          "chains' starting points (one MCMC step costs ~16")
+    assert math.isnan(info["acceptance_mean"])
+    info = cls(cfg).fit(t, Budget(max_steps=40, max_energy_evals=10**6),
+                        torch.Generator().manual_seed(0))
+    assert info["budget_binding"] == "steps" and info["warnings"] == []
+
+
+def test_dw4_quench_stops_on_max_seconds():
+    """The quench (50 steps x n_chains on DW-4) is not a step but must not outlive max_seconds."""
+    dw4, cls = targets.get("dw4"), samplers.get("mala")
+    e0 = dw4.counter.energy_evals
+    info = cls(cls.Config(n_chains=16)).fit(dw4, Budget(max_seconds=1e-9),
+                                            torch.Generator().manual_seed(0))
+    assert info["quench_steps"] == 0 and info["steps"] == 0
+    assert dw4.counter.energy_evals - e0 == 16  # the initial evaluation only
+    assert info["budget_binding"] == "seconds"
+
+
+def test_acceptance_health_is_per_chain_over_the_frozen_phase():
+    t, cls = CorrGauss(), samplers.get("mala")
+    info = cls(cls.Config(n_chains=64, thinning=1)).fit(t, Budget(max_steps=200),
+                                                        torch.Generator().manual_seed(0))
+    assert info["post_warmup_steps"] == 100
+    assert info["acceptance_mean"] == pytest.approx(info["acceptance"])
+    assert info["acceptance_min"] == pytest.approx(info["acceptance_min_chain"])
+    assert 0 < info["acceptance_min"] < info["acceptance_mean"] < 1
+    # The budget ends inside warm-up (no frozen phase): the whole run counts.
+    gen = torch.Generator().manual_seed(0)
+    state = kernels.init(torch.zeros(8, 2), t.energy_and_grad)
+    accepted = []
+
+    def step_fn(st, h):
+        st, acc = kernels.mala_step(st, t.energy_and_grad, h, gen)
+        accepted.append(acc.float())
+        return st, acc
+    out = run_chains(state, step_fn, 0.5, Budget(max_steps=30).start(t), 8, Pool(100), 1,
+                     kernels.Adapter(0.5, 0.574), warm_steps=1000)
+    rates = torch.stack(accepted).mean(0)
+    assert out["post_warmup_steps"] == 0 and out["acceptance"] is None
+    assert out["acceptance_mean"] == pytest.approx(float(rates.mean()))
+    assert out["acceptance_min"] == pytest.approx(float(rates.min()))
+
+
 def test_determinism_and_seed_dependence():
     t = CorrGauss()
     for name in ("hmc", "smc"):
