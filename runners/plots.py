@@ -2,23 +2,29 @@
 
 * ``energy_<target>.png``: energy histograms of every sampler's samples (all ok seeds pooled)
   over the reference, on bins spanning the reference's 0.5-99.5 % energy range; the legend
-  (outside the axes) gives the share of each sampler's samples outside that range, and a sampler
-  entirely outside is an arrow at the edge it lies beyond; a side panel shows every set's full
-  range (box plots, symlog axis), since early or failing samplers often lie far outside.
+  (outside the axes) gives the share of each sampler's samples outside that range (±inf
+  included, NaN counted apart), and a sampler entirely outside is an arrow at the edge it lies
+  beyond (all NaN: an X); a side panel shows every set's full range (box plots, symlog axis),
+  since early or failing samplers often lie far outside.
 * ``distances_<target>.png``: the same for interatomic distances (particle targets).
 * ``gmm40_samples.png``: GMM-40 samples (first ok seed) over contours of the exact log-density.
 * ``metric_<name>.png``: each metric against the energy evaluations the cell spent (log axis),
   one panel per target: mean ± s.e.m. over ok seeds (error bars), seeds as faint dots, the
-  metric's name, units and direction on the y axis, plain tick labels (no offset).
+  metric's name, units and direction on the y axis, plain tick labels (no offset). Samplers with
+  equal budgets are nudged apart by a few per cent on the x axis (``DODGE``), and a line under
+  each panel names the samplers run there without a point, with their table mark ("iDEM
+  (failed)", "MALA (n/a)", "FAB (no ref)"); a target on which the metric is undefined for every
+  sampler gets no panel, only a note.
 
-Every sampler has one colour in every figure (``runners.style.sampler_color``: registry order,
-plugins hashed), and figures are written through the atomic writers of runners/rows.py.
+Every sampler has one colour in every figure (``runners.style.sampler_color``: a fixed colour
+per packaged sampler, plugins hashed), and figures are written through the atomic writers of runners/rows.py.
 
 Samples are read from ``OUT/cells/<cell_key>/samples.npy``; references through the target.
 """
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -40,6 +46,7 @@ from . import style  # noqa: E402
 from .tables import mean_sem, metric_columns  # noqa: E402
 
 N_BINS = 60
+DODGE = 1.04  # horizontal factor between neighbouring samplers on the metric figures' log x axis
 # Matplotlib 3.10 replaced boxplot(vert=False) by orientation="horizontal".
 _HORIZONTAL = ({"orientation": "horizontal"}
                if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
@@ -84,7 +91,7 @@ def _distances(target, x: np.ndarray) -> np.ndarray:
 def reference_bins(ref_values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Bin edges over the 0.5-99.5 % range of the reference values."""
     v = ref_values[np.isfinite(ref_values)]
-    lo, hi = np.quantile(v, [0.005, 0.995])
+    lo, hi = np.quantile(v, [0.005, 0.995]) if len(v) else (0.0, 0.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     return np.linspace(lo, hi, n_bins + 1)
@@ -171,20 +178,29 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
     colors = style.sampler_colors(names)
     outside = []
     for name in names:
-        v = by_sampler[name][np.isfinite(by_sampler[name])]
-        below, above = (float(np.mean(v < edges[0])), float(np.mean(v > edges[-1]))) if len(v) \
-            else (0.0, 1.0)
+        raw = np.asarray(by_sampler[name], dtype=float).ravel()
+        v = raw[~np.isnan(raw)]  # ±inf are outside the range, on their side
+        if not len(v):
+            outside.append((name, None))
+            continue
+        below, above = float(np.mean(v < edges[0])), float(np.mean(v > edges[-1]))
         out_pct = 100 * (below + above)
-        if out_pct < 100:
+        nan_note = f", {100 * (1 - len(v) / len(raw)):.1f}% NaN" if len(v) < len(raw) else ""
+        if below + above < 1:
             ax.stairs(_density(v, edges), edges, lw=1.6, color=colors[name],
-                      label=f"{_label(name, df)} ({out_pct:.1f}% outside)")
+                      label=f"{_label(name, df)} ({out_pct:.1f}% outside{nan_note})")
         else:
             outside.append((name, below >= above))
     if outside:  # markers at the edge the samples lie beyond, stacked so none hides another
         top = ax.get_ylim()[1] if ax.has_data() else 1.0
         for k, (name, low) in enumerate(outside):
+            y = top * (0.92 - 0.08 * (k % 11))
+            if low is None:  # every value NaN: nowhere to put it, an x at the right edge
+                ax.plot([edges[-1]], [y], marker="X", ms=9, color=colors[name], ls="none",
+                        clip_on=False, zorder=5, label=f"{_label(name, df)}: every value NaN")
+                continue
             x = edges[0] if low else edges[-1]
-            ax.plot([x], [top * (0.92 - 0.08 * k)], marker="<" if low else ">", ms=11,
+            ax.plot([x], [y], marker="<" if low else ">", ms=11,
                     color=colors[name], ls="none", clip_on=False, zorder=5,
                     label=f"{_label(name, df)}: 100% {'below' if low else 'above'} this range "
                           f"(arrow; see right panel)")
@@ -304,41 +320,71 @@ def metric_points(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["target", "sampler", "evals", "mean", "sem", "n"])
 
 
+def not_drawn(df: pd.DataFrame, target: str, metric: str, drawn) -> list[str]:
+    """"iDEM (failed)", "MALA (n/a)", … for the samplers run on ``target`` that have no point in
+    its ``metric`` panel, with the table mark of their cell (runners/tables.py), so a reader can
+    tell a sampler that failed from one the metric does not apply to."""
+    from .tables import MARKS, cell_state
+    g = df[df["target"] == target]
+    out = []
+    for s in style.sampler_order(g["sampler"]):
+        if s in set(drawn):
+            continue
+        state, _ = cell_state(g[g["sampler"] == s], metric)
+        mark = {"ok": "no finite value"}.get(state, MARKS.get(state, state))
+        out.append(f"{_label(s, df)} ({mark})")
+    return out
+
+
 def metric_figure(df: pd.DataFrame, metric: str):
     """``metric`` against the energy evaluations spent (log axis), one panel per target: per
     sampler the mean over ok seeds with a ±1 s.e.m. error bar (none for one seed) and each seed as
     a faint dot; the y label gives the metric's name, units and direction; one legend, outside
     the panels. Returns the figure."""
+    from .tables import cell_state
     pts = metric_points(df, metric)
     ok = df[(df["status"] == "ok")] if "status" in df.columns else df
-    tlist = list(dict.fromkeys(df["target"]))
+    every = list(dict.fromkeys(df["target"]))
+    # Targets on which the metric is undefined for every sampler get no panel, only a note.
+    undefined = [t for t in every
+                 if all(cell_state(g, metric)[0] == "na"
+                        for _, g in df[df["target"] == t].groupby("sampler", sort=False))]
+    tlist = [t for t in every if t not in undefined] or every
+    undefined = [t for t in undefined if t not in tlist]
     fig, axes = plt.subplots(1, len(tlist), figsize=(3.6 * len(tlist), 3.4), squeeze=False)
     handles: dict[str, object] = {}
     for ax, t in zip(axes[0], tlist):
         ax.set_title(style.target_pretty(t, df))
         sub = pts[pts["target"] == t]
         if sub.empty:
-            g = df[df["target"] == t]
-            why = ("no reference: unscored" if "reference_source" in g and
-                   (g["reference_source"].astype(str) == "missing").any() else "no finite values")
-            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.4")
+            why = "\n".join(["nothing to show:"] + not_drawn(df, t, metric, []))
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.4",
+                    fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        for s in style.sampler_order(sub["sampler"]):
+        drawn = style.sampler_order(sub["sampler"])
+        for k, s in enumerate(drawn):
             r = sub[sub["sampler"] == s].iloc[0]
             c = style.sampler_color(s)
+            # Samplers with the same budget share an x: nudge each by a few per cent on the log
+            # axis so markers and error bars sit side by side instead of on top of each other.
+            nudge = DODGE ** (k - (len(drawn) - 1) / 2)
             seeds = ok[(ok["target"] == t) & (ok["sampler"] == s)]
             ys = pd.to_numeric(seeds[metric], errors="coerce")
-            xs = pd.to_numeric(seeds["energy_evals"], errors="coerce").clip(lower=1)
+            xs = pd.to_numeric(seeds["energy_evals"], errors="coerce").clip(lower=1) * nudge
             fin = np.isfinite(ys.to_numpy(dtype=float))
             if r["n"] > 1:
                 ax.scatter(xs[fin], ys[fin], s=10, color=c, alpha=0.35, linewidths=0, zorder=2)
             sem = r["sem"] if np.isfinite(r["sem"]) else 0.0
-            cont = ax.errorbar([r["evals"]], [r["mean"]], yerr=[[sem], [sem]], fmt="o", ms=6,
-                               color=c, ecolor=c, elinewidth=1.4, capsize=3, zorder=3,
+            cont = ax.errorbar([r["evals"] * nudge], [r["mean"]], yerr=[[sem], [sem]], fmt="o",
+                               ms=6, color=c, ecolor=c, elinewidth=1.4, capsize=3, zorder=3,
                                label=_label(s, df))
             handles.setdefault(_label(s, df), cont)
+        missing = not_drawn(df, t, metric, drawn)
+        if missing:
+            ax.text(0.01, -0.3, "not shown: " + ", ".join(missing), transform=ax.transAxes,
+                    fontsize=7, color="0.35", va="top", wrap=True)
         ax.set_xscale("log")
         _wide_axis(ax, sub["mean"].to_numpy(float), sub["mean"].to_numpy(float), "y")
         lo, hi = sub["evals"].min(), sub["evals"].max()
@@ -348,7 +394,12 @@ def metric_figure(df: pd.DataFrame, metric: str):
         ax.set_xlabel("energy evaluations (fit + sampling)")
         plain_ticks(ax, "y")
     info = style.metric_info(metric)
-    axes[0][0].set_ylabel(f"{style.metric_label(metric, direction=False)}\n({info.direction})")
+    label = textwrap.fill(style.metric_label(metric, direction=False), 34)
+    axes[0][0].set_ylabel(f"{label}\n({textwrap.fill(info.direction, 34)})")
+    if undefined:
+        fig.text(0.01, -0.02, f"{metric} is not applicable on "
+                 f"{', '.join(style.target_pretty(t, df) for t in undefined)} (no panel)",
+                 fontsize=7, color="0.35", va="top")
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="center left",
                    bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,

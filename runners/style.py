@@ -5,9 +5,9 @@ reads the same in summary.md, summary.tex and every axis label, and a sampler ha
 in every figure of every run.
 
 * :data:`METRICS` — display name, units and direction of each metric of docs/metrics.md.
-* :func:`sampler_color` — builtin samplers take a fixed colour from their position in the
-  registry (``samplers.names()``), so a figure lacking one sampler (LJ-55 has no pDEM) does not
-  shift the others; any other name (a plugin) is hashed into a second palette.
+* :func:`sampler_color` — each packaged sampler has a fixed colour (:data:`FIXED_COLORS`), so a
+  figure lacking one sampler (LJ-55 has no pDEM) does not shift the others; any other name (a
+  plugin) is hashed into a second palette.
 * :func:`target_pretty`, :func:`sampler_pretty` — display names from the row columns
   (``target_pretty`` / ``sampler_pretty``), else the registries' ``pretty_name``, else the id.
 """
@@ -23,7 +23,7 @@ import pandas as pd
 @dataclass(frozen=True)
 class MetricInfo:
     display: str      # "sample W2"
-    units: str        # "length", "kT", "nats", "" (dimensionless)
+    units: str        # "length", "kT", "nats", "" (dimensionless); no brackets (labels add them)
     better: str       # "lower", "higher", or a phrase ("closer to log Z")
 
     @property
@@ -40,17 +40,18 @@ METRICS: dict[str, MetricInfo] = {
     "energy_w2": MetricInfo("energy W2", "kT", "lower"),
     "energy_w2_sq": MetricInfo("energy W2²", "kT²", "lower"),
     "dist_w2_sq": MetricInfo("interatomic-distance W2²", "length²", "lower"),
-    "dist_tvd": MetricInfo("interatomic-distance TV (outside mass counted)", "in [0, 1]", "lower"),
+    "dist_tvd": MetricInfo("interatomic-distance TV (outside mass counted)", "fraction, 0 to 1",
+                           "lower"),
     "dist_tvd_official": MetricInfo("interatomic-distance TV (official: inside range only)",
-                                    "in [0, 1]", "lower"),
-    "energy_tvd": MetricInfo("energy TV (outside mass counted)", "in [0, 1]", "lower"),
-    "energy_tvd_official": MetricInfo("energy TV (official: inside range only)", "in [0, 1]",
-                                      "lower"),
+                                    "fraction, 0 to 1", "lower"),
+    "energy_tvd": MetricInfo("energy TV (outside mass counted)", "fraction, 0 to 1", "lower"),
+    "energy_tvd_official": MetricInfo("energy TV (official: inside range only)",
+                                      "fraction, 0 to 1", "lower"),
     "nll": MetricInfo("NLL of the reference under the sampler", "nats", "lower"),
     "log_z": MetricInfo("log Z estimate (log-mean-exp of weights)", "nats",
                         "closer to the true log Z is better (GMM-40: 0)"),
     "elbo": MetricInfo("ELBO (mean log weight)", "nats", "higher"),
-    "ess": MetricInfo("normalised ESS", "fraction of n, in (0, 1]", "higher"),
+    "ess": MetricInfo("normalised ESS", "fraction of n, 0 to 1", "higher"),
 }
 
 
@@ -67,28 +68,35 @@ def metric_label(name: str, direction: bool = True) -> str:
 
 
 # ---- colours --------------------------------------------------------------------------------
-# Builtins: tab10 in registry order (mala, hmc, rwm, smc, pis, dds, fab, idem, pdem, ...), then
-# tab20's light shades if more builtins are ever registered. Plugins: Dark2 + Set1 by hash of the
-# name, so the same plugin has the same colour in every figure and every run.
-_BUILTIN = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-            "#7f7f7f", "#bcbd22", "#17becf",
-            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-            "#dbdb8d", "#9edae5"]
+# Packaged samplers: a fixed colour each (tab10 without its grey, which would read as the grey
+# reference), so neither a figure lacking one sampler nor a plugin registered before or after the
+# builtins moves them. A packaged sampler added later without an entry here takes the first free
+# colour of _SPARE in registry order. Plugins (a class defined outside the samplers package, or a
+# name not registered at all): Dark2 + Set1 by a hash of the name, the same in every figure and run.
+FIXED_COLORS = {"mala": "#1f77b4", "hmc": "#ff7f0e", "rwm": "#2ca02c", "smc": "#d62728",
+                "pis": "#9467bd", "dds": "#8c564b", "fab": "#e377c2", "idem": "#bcbd22",
+                "pdem": "#17becf"}
+_SPARE = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+          "#dbdb8d", "#9edae5"]
 _PLUGIN = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
            "#666666", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]
 REFERENCE_COLOR = "0.78"
 
 
 def _builtin_names() -> list[str]:
+    """Registered samplers whose class lives in the samplers package, in registry order."""
     import samplers
-    return list(samplers.names())
+    return [n for n in samplers.names()
+            if str(getattr(samplers.get(n), "__module__", "")).split(".")[0] == "samplers"]
 
 
 def sampler_color(name: str) -> str:
-    """Fixed hex colour of a sampler (see the module docstring)."""
-    builtins = _builtin_names()
-    if name in builtins and builtins.index(name) < len(_BUILTIN):
-        return _BUILTIN[builtins.index(name)]
+    """Fixed hex colour of a sampler (see the comment above :data:`FIXED_COLORS`)."""
+    if name in FIXED_COLORS:
+        return FIXED_COLORS[name]
+    extra = [n for n in _builtin_names() if n not in FIXED_COLORS]
+    if name in extra and extra.index(name) < len(_SPARE):
+        return _SPARE[extra.index(name)]
     h = int.from_bytes(hashlib.sha256(str(name).encode()).digest()[:8], "big")
     return _PLUGIN[h % len(_PLUGIN)]
 

@@ -27,6 +27,7 @@ the texts are listed under each table that uses them.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from functools import lru_cache
@@ -168,8 +169,17 @@ def fmt(mean: float, sem: float, latex: bool = False) -> str:
 
 # ---- warnings --------------------------------------------------------------------------------
 def _split_warnings(v) -> list[str]:
+    """Texts of one row's ``warnings``: a ``"; "``-joined string (a list, or a list stored as
+    JSON by ``collect.load_results``, is accepted too); NaN/None/"" -> []."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return []
+    if isinstance(v, str) and v.startswith("["):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            pass
+    if isinstance(v, (list, tuple)):
+        return [str(w).strip() for w in v if str(w).strip()]
     return [w.strip() for w in str(v).split("; ") if w.strip() and w.strip().lower() != "nan"]
 
 
@@ -253,7 +263,7 @@ def status_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def seeds_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per target × sampler: "ok seeds / seeds run" ("0/0 skipped" when only skipped)."""
+    """Per target × sampler: "ok seeds / seeds run" ("skipped" when every seed was skipped)."""
     rows = []
     for (t, s), g in df.groupby(list(ID_COLS), sort=False):
         status = _col(g, "status", "ok").astype(str)
@@ -290,11 +300,12 @@ def health_table(df: pd.DataFrame) -> pd.DataFrame:
             if g.empty:
                 continue
             status = _col(g, "status", "ok").astype(str)
+            run = int((status != "skipped").sum())
             r = {"target": style.target_pretty(t, df), "sampler": style.sampler_pretty(s, df),
-                 "ok seeds": f"{int((status == 'ok').sum())}/{len(g)}",
+                 "ok seeds": f"{int((status == 'ok').sum())}/{run}" if run else "skipped",
                  "statuses": ", ".join(f"{n} {k}" for k, n in status.value_counts().items())}
             ev = _num(g, "energy_evals")
-            r["energy evals (mean)"] = f"{ev.mean():.3g}" if len(ev) else "–"
+            r["energy evals (mean)"] = f"{ev.mean():,.0f}" if len(ev) else "–"
             if has_bind:
                 b = [str(x) for x in _col(g, "budget_binding").dropna()
                      if str(x) not in ("", "nan")]
@@ -418,34 +429,41 @@ def tex_escape(s) -> str:
 
 
 def to_latex(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
-    """summary.tex: one complete ``table`` environment per metric (needs
-    ``\\usepackage{booktabs}``), pretty names, a caption with units, direction and provenance, a label ``tab:<metric>``, and
-    the marks and warnings under the tabular."""
+    """summary.tex: complete ``table`` environments (booktabs rules, so the document needs
+    ``\\usepackage{booktabs}``) with pretty names: the seeds (ok / run, label ``tab:seeds``), then
+    one per metric with a caption giving units, direction and provenance, a label
+    ``tab:<metric>`` and the marks and warnings under the tabular."""
     summary = summarize(df) if summary is None else summary
     windex = warning_index(df)
     cap = caption(df)
     if smoke(df):
         cap = style.SMOKE_CAVEAT[0].upper() + style.SMOKE_CAVEAT[1:] + ". " + cap
     out = ["% boltzbench summary tables; needs \\usepackage{booktabs}", ""]
+    seeds = seeds_table(df)
+    out += _tex_table(f"Seeds per cell: ok seeds / seeds run (skipped seeds not counted). "
+                      f"{cap}", "tab:seeds", seeds.map(tex_escape), [])
     for m in dict.fromkeys(summary["metric"]):
         t = wide(summary, m, latex=True, df=df, warn_index=windex)
         info = style.metric_info(m)
         units = f" [{info.units}]" if info.units else ""
-        out += [r"\begin{table}[htbp]", r"\centering", r"\small",
-                rf"\caption{{{tex_escape(info.display + units)}, {tex_escape(info.direction)}. "
-                rf"{tex_escape(cap)}}}",
-                rf"\label{{tab:{m.replace('_', '-')}}}",
-                r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
-                " & ".join(["Sampler"] + [tex_escape(c) for c in t.columns]) + r" \\",
-                r"\midrule"]
-        out += [" & ".join([tex_escape(i)] + list(r)) + r" \\" for i, r in t.iterrows()]
-        out += [r"\bottomrule", r"\end{tabular}"]
         notes = [marks_line(t, latex=True)] + [f"w{i}: {w}" for i, w in _used_warnings(t, windex)]
-        notes = [tex_escape(n) for n in notes if n]
-        if notes:
-            out += [r"\par\smallskip\footnotesize " + r" \\ ".join(notes)]
-        out += [r"\end{table}", ""]
+        out += _tex_table(f"{info.display}{units}, {info.direction}. {cap}",
+                          f"tab:{m.replace('_', '-')}", t, [n for n in notes if n])
     return "\n".join(out)
+
+
+def _tex_table(cap: str, label: str, t: pd.DataFrame, notes: list[str]) -> list[str]:
+    """One ``table`` float: caption (escaped here), label, booktabs tabular of the already
+    formatted cells of ``t`` (index = sampler), notes under it."""
+    out = [r"\begin{table}[htbp]", r"\centering", r"\small",
+           rf"\caption{{{tex_escape(cap)}}}", rf"\label{{{label}}}",
+           r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
+           " & ".join(["Sampler"] + [tex_escape(c) for c in t.columns]) + r" \\", r"\midrule"]
+    out += [" & ".join([tex_escape(i)] + [str(v) for v in r]) + r" \\" for i, r in t.iterrows()]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        out += [r"\par\smallskip\footnotesize " + r" \\ ".join(tex_escape(n) for n in notes)]
+    return out + [r"\end{table}", ""]
 
 
 def to_csv_frame(summary: pd.DataFrame) -> pd.DataFrame:

@@ -55,6 +55,17 @@ def test_sampler_colour_is_the_same_across_figures_with_different_sampler_sets()
     assert len(set(builtin)) == len(builtin)
     assert style.sampler_color("my_plugin") == style.sampler_color("my_plugin")
     assert style.sampler_color("my_plugin") not in builtin
+    assert style.REFERENCE_COLOR not in builtin and "#7f7f7f" not in builtin  # no grey sampler
+
+
+def test_a_registered_plugin_moves_no_builtin_colour(monkeypatch):
+    before = {n: style.sampler_color(n) for n in samplers.names()}
+    plugin = type("Plugin", (), {"name": "zz_plugin", "__module__": "my_package.samplers"})
+    # registered first or last, the builtins keep their colours and the plugin is hashed
+    monkeypatch.setattr(samplers, "_REGISTRY", {"zz_plugin": plugin, **samplers._REGISTRY})
+    assert {n: style.sampler_color(n) for n in before} == before
+    assert style.sampler_color("zz_plugin") not in before.values()
+    assert style.sampler_color("zz_plugin") == style.sampler_color("zz_plugin")
 
 
 def test_metric_figure_has_mean_sem_error_bars_and_labelled_axes():
@@ -118,3 +129,59 @@ def test_figures_are_written_with_the_umask(tmp_path):
     if mode == 0o600:
         pytest.xfail("runners/rows.py writers still create 0600 files (fixed separately)")
     assert mode == 0o644
+
+
+def test_metric_panel_names_samplers_without_a_point_and_separates_equal_budgets():
+    df = rows(["mala", "rwm", "fab"], targets=("dw4",),
+              values={"mala": [math.nan] * 3, "rwm": [math.inf] * 3})
+    df.loc[df["sampler"] == "mala", "reference_source"] = "missing"
+    df = pd.concat([df, pd.DataFrame([dict(target="dw4", sampler="pis", seed=s, status="error",
+                                           energy_evals=1, x_w2=math.nan) for s in range(2)])])
+    df["energy_evals"] = 1000  # same budget for everyone
+    fig = plots.metric_figure(df, "x_w2")
+    (text,) = [t.get_text() for t in fig.axes[0].texts]
+    assert text == "not shown: MALA (no ref), MCMC (RWM) (no finite value), PIS (failed)"
+    plt.close(fig)
+    fig = plots.metric_figure(df.assign(nll=df["x_w2"]), "nll")  # no density: NLL undefined
+    (text,) = [t.get_text() for t in fig.axes[0].texts]
+    assert "MALA (n/a)" in text and "PIS (n/a)" in text and "FAB" not in text
+    plt.close(fig)
+    two = rows(["mala", "rwm"], targets=("dw4",))
+    two["energy_evals"] = 1000
+    fig = plots.metric_figure(two, "x_w2")
+    xs = [c.lines[0].get_xdata()[0] for c in _errorbars(fig).values()]
+    assert xs[0] != xs[1] and max(xs) / min(xs) < 1.1  # apart, but still at ~1000
+    plt.close(fig)
+
+
+def test_tv_and_ess_labels_have_one_pair_of_brackets():
+    for m in ("ess", "dist_tvd", "energy_tvd_official"):
+        label = style.metric_label(m)
+        assert label.count("[") == label.count("]") == 1, label
+
+
+def test_histogram_with_infinite_and_nan_samplers():
+    g = np.random.default_rng(1)
+    ref = g.normal(size=2000)
+    fig = plots.hist_figure("t", "energy", ref, {
+        "mala": np.concatenate([g.normal(size=90), [np.inf] * 5, [np.nan] * 5]),
+        "hmc": np.full(50, -np.inf), "rwm": np.full(50, np.nan)})
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("MALA (") and "% NaN" in t for t in texts)
+    assert any(t.startswith("HMC: 100% below") for t in texts)
+    assert any(t == "MCMC (RWM): every value NaN" for t in texts)
+    marks = {ln.get_marker(): _hex(ln) for ln in ax.get_lines() if ln.get_marker() in "<X"}
+    assert marks == {"<": style.sampler_color("hmc"), "X": style.sampler_color("rwm")}
+    plt.close(fig)
+
+
+def test_no_panel_for_a_target_where_the_metric_is_undefined():
+    df = rows(["mala", "fab"], metric="dist_tvd")  # GMM-40 has no particles: no distances
+    df.loc[df["target"] == "gmm40", "dist_tvd"] = math.nan
+    fig = plots.metric_figure(df, "dist_tvd")
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == ["DW-4"]
+    assert "fraction, 0 to 1" in titled[0].get_ylabel().replace("\n", " ")
+    assert any("not applicable on GMM-40" in t.get_text() for t in fig.texts)
+    plt.close(fig)

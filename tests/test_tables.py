@@ -115,7 +115,12 @@ def test_latex_is_a_booktabs_table_with_pretty_names_and_caption():
     for piece in (r"\begin{table}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{table}",
                   r"\caption{sample-space W2 [length], lower is better.", r"\label{tab:x-w2}"):
         assert piece in tex
-    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 2  # x_w2 and nll
+    # seeds, x_w2 and nll, each a complete float
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 3
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 3
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 3
+    seeds = tex.split(r"\label{tab:seeds}")[1].split(r"\end{table}")[0]
+    assert r"MALA & 3/3 & 1/1 \\" in seeds and r"iDEM & 0/2 & -- \\" in seeds
     assert r"Sampler & DW-4 & LJ-55 \\" in tex
     assert re.search(r"^MALA & .* \\\\$", tex, re.M) and "mala &" not in tex
     assert r"iDEM & failed" in tex
@@ -147,3 +152,19 @@ def test_metric_display_names_cover_every_metric():
         assert info.display and info.direction
     assert style.metric_label("x_w2") == "sample-space W2 [length] (lower is better)"
     assert style.metric_label("ess").endswith("(higher is better)")
+
+
+def test_health_counts_and_warnings_stored_as_a_list():
+    df = rows()
+    # a list (stored as JSON by collect.load_results) reads as two warnings, not one text
+    df.loc[df["sampler"] == "fab", "warnings"] = '["w one", "w two"]'
+    df = pd.concat([df, pd.DataFrame([dict(target="dw4", sampler="pdem", seed=0,
+                                           status="skipped", energy_evals=0)])])
+    idx = tables.warning_index(df)
+    assert "w one" in idx and "w two" in idx
+    md = tables.to_markdown(df)
+    health = md.split("## Health")[1].split("\n## ")[0]
+    fab = next(ln for ln in health.splitlines() if "| DW-4 | FAB |" in ln)
+    assert "| 2/3 |" in fab and "| 1,335 |" in fab  # mean of 2000, 2000, 5
+    assert "| DW-4 | pDEM | skipped |" in health
+    assert _cell(_section(md, "x_w2"), "pDEM", 1) == "n/a"  # every seed skipped
