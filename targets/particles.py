@@ -6,6 +6,7 @@ do. Flat coordinates ``[..., n_particles * spatial_dim]`` are particle-major.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,10 +154,28 @@ class LJ13(LennardJones):
         super().__init__(13, convention, data_dir=data_dir, **kw)
 
 
+ALLOW_UNCONVERGED_ENV = "BOLTZBENCH_ALLOW_UNCONVERGED"
+
+
+def allow_unconverged() -> bool:
+    """Whether ``$BOLTZBENCH_ALLOW_UNCONVERGED`` opts in to scoring against an unconverged MCMC
+    reference ("1/true/yes/on"; unset, "", "0/false/no/off": refuse). Any other value is an error
+    rather than a guess."""
+    raw = os.environ.get(ALLOW_UNCONVERGED_ENV, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ALLOW_UNCONVERGED_ENV}: got {os.environ[ALLOW_UNCONVERGED_ENV]!r}; allowed: "
+                     f"1/true/yes/on (score against an unconverged reference) or 0/false/no/off/unset")
+
+
 class LJ55(LennardJones):
     """LJ-55. The official split files are not redistributed offline: when a user has
     ``{test,val}_split_LJ55-1000-part1.npy`` it is used (sha256 recorded, no published hash to
-    check); otherwise our own long-MCMC reference written by ``python -m targets.make_reference``."""
+    check); otherwise our own long-MCMC reference written by ``python -m targets.make_reference``,
+    refused unless its provenance says it converged (or ``BOLTZBENCH_ALLOW_UNCONVERGED=1``);
+    ``reference_info`` then carries ``reference_converged``. docs/metrics.md compares the two."""
 
     name = "lj55"
     pretty_name = "LJ-55"
@@ -193,9 +212,28 @@ class LJ55(LennardJones):
                 f"lj55: {ours} has sha256 {digest} but its provenance {ours.with_suffix('.json')} "
                 f"records {meta.get('sha256')}: the file changed after it was made; rebuild it with "
                 f"`python -m targets.make_reference lj55`.")
+        converged = self._check_verdict(ours, meta)
         return torch.as_tensor(data.load_array(ours, self.dim), dtype=torch.float32), {
             "reference_source": "mcmc", "reference_file": ours.name, "reference_sha256": digest,
-            "reference_path": str(ours)}
+            "reference_path": str(ours), "reference_converged": converged}
+
+    @staticmethod
+    def _check_verdict(path, meta: dict) -> bool:
+        """Our reference's convergence verdict (``diagnostics.converged`` in its provenance). An
+        unconverged one (or one without a verdict) is refused unless ``$BOLTZBENCH_ALLOW_UNCONVERGED``
+        is 1/true/yes/on; returns the verdict, which rows then carry as ``reference_converged``."""
+        diag = meta.get("diagnostics")
+        converged = isinstance(diag, dict) and diag.get("converged") is True
+        if converged or allow_unconverged():
+            return converged
+        why = "; ".join(diag.get("not_converged_because") or []) if isinstance(diag, dict) else ""
+        raise data.ReferenceCorrupt(
+            f"lj55: our reference {path} did not pass its convergence check "
+            f"({why or 'no verdict recorded in ' + str(path.with_suffix('.json'))}), so metrics "
+            f"against it would measure the reference's error too. Rebuild it with "
+            f"`python -m targets.make_reference lj55` (raise --max-steps if the build says so), or "
+            f"set {ALLOW_UNCONVERGED_ENV}=1 to score against it anyway (rows then carry "
+            f"reference_converged=false).")
 
     @staticmethod
     def _provenance(path) -> dict:
