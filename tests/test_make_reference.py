@@ -354,10 +354,9 @@ def test_official_lj55_files_carry_no_converged_key(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- cross-check
 def _synthetic_lj55(n, gen, scale=1.0):
-    """Icosahedral starts jittered with Gaussian noise: a stand-in 'LJ-55 set' of ``n`` rows."""
-    t = targets.get("lj55")
-    x = initial_states(t, n, gen)
-    return t.remove_mean(x + scale * 0.05 * torch.randn(x.shape, generator=gen))
+    """A Mackay icosahedron jittered with Gaussian noise: a stand-in 'LJ-55 set' of ``n`` rows."""
+    x = (1.1 * icosahedral_cluster(2).float()).reshape(1, 165).expand(n, -1)
+    return targets.get("lj55").remove_mean(x + scale * 0.05 * torch.randn(x.shape, generator=gen))
 
 
 def test_crosscheck_against_a_synthetic_official_split(tmp_path, monkeypatch, capsys, gen):
