@@ -123,7 +123,8 @@ class BudgetClock:
         return f"{field}={getattr(self.budget, field):g}"
 
 
-def below_one_step_warning(clock: BudgetClock, step: str, cost: int | None, consequence: str) -> str:
+def below_one_step_warning(clock: BudgetClock, step: str, cost: int | None,
+                           consequence: str) -> str:
     """The ``info["warnings"]`` entry of a fit whose budget ran out before one complete ``step``
     (e.g. "training step"); ``cost`` is the energy evaluations one step needs (None: unknown)."""
     what = f"one {step} costs ~{cost} energy evaluations; " if cost is not None else ""
@@ -206,7 +207,9 @@ def check_range(name: str, value, low: float, high: float, low_open: bool = True
         return
     ok = _is_number(value) and math.isfinite(value)
     if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        ok = above and below
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         _fail(name, value, f"a number in {interval}", optional)

@@ -248,7 +248,7 @@ class IDEM:
             clock.exhausted(self.steps)
         seconds = time.perf_counter() - t0
         warnings = []
-        if self.init_mode.startswith("prior (estimator-driven start stopped"):  # set in _init_buffer
+        if self.init_mode.startswith("prior (estimator-driven start stopped"):  # _init_buffer
             warnings.append(f"the {self.init_mode[len('prior ('):-1]}: the buffer starts from the "
                             f"prior instead")
         if self.steps == 0:

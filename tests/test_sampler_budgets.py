@@ -360,7 +360,8 @@ def test_own_iteration_limit_reports_binding_none(name, field, value):
 
 def test_default_mala_on_lj13_accepts_between_30_and_90_percent():
     cls, t = samplers.get("mala"), targets.get("lj13")
-    info = cls(cls.Config(n_chains=32)).fit(t, Budget(max_steps=300), torch.Generator().manual_seed(0))
+    info = cls(cls.Config(n_chains=32)).fit(t, Budget(max_steps=300),
+                                            torch.Generator().manual_seed(0))
     assert 0.3 < info["acceptance_mean"] < 0.9, info["acceptance_mean"]   # measured 0.55
     assert 0.0 <= info["acceptance_min"] <= info["acceptance_mean"]
     assert not any("below 1 %" in w for w in info["warnings"])

@@ -88,7 +88,8 @@ def test_sampler_contract(sampler_name, target_name):
     assert isinstance(info, dict)
     # Health keys every sampler reports (samplers/base.py; runners/cell.py copies them to the row).
     assert info.get("budget_binding") in samplers.BINDINGS, info.get("budget_binding")
-    assert isinstance(info.get("warnings"), list) and all(isinstance(w, str) for w in info["warnings"])
+    assert isinstance(info.get("warnings"), list)
+    assert all(isinstance(w, str) for w in info["warnings"])
     assert cls.Config().validate() is None  # the grid parser's call: defaults are valid
     slack = int(getattr(cls, "budget_slack_evals", 0))
     assert fit_evals <= BUDGET.max_energy_evals + slack, (fit_evals, slack)

@@ -109,8 +109,10 @@ class DEMConfig:
             check_positive(name, getattr(self, name), optional=name not in _REQUIRED)
         for name, allowed in CHOICES.items():
             check_choice(name, getattr(self, name), allowed, optional=True)
-        if self.sigma_min is not None and self.sigma_max is not None and self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max: got {self.sigma_max!r}; expected > sigma_min={self.sigma_min!r}")
+        if (self.sigma_min is not None and self.sigma_max is not None
+                and self.sigma_max <= self.sigma_min):
+            raise ValueError(f"sigma_max: got {self.sigma_max!r}; expected > sigma_min="
+                             f"{self.sigma_min!r}")
         if self.buffer_min > self.buffer_size:
             raise ValueError(f"buffer_min: got {self.buffer_min!r}; expected <= buffer_size="
                              f"{self.buffer_size!r}")
