@@ -26,7 +26,7 @@ FIX = {
     "lj13": "set BOLTZBENCH_DATA to a folder holding test_split_LJ13-1000.npy and "
             "val_split_LJ13-1000.npy, or allow the download (unset BOLTZBENCH_OFFLINE)",
     "lj55": "build our long-MCMC reference once: `python -m targets.make_reference lj55` "
-            "(about 5 minutes on one CPU thread; writes to ~/.cache/boltzbench), or put the "
+            "(converges in about 7-9 minutes on one thread of a 2-core machine; writes to ~/.cache/boltzbench), or put the "
             "official test_split_LJ55-1000-part1.npy in BOLTZBENCH_DATA",
 }
 
