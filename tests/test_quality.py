@@ -1,0 +1,58 @@
+"""Per-sampler sample quality on a problem with a known answer (helpers_quality.Bimodal2D).
+
+Metric: exact W2 between 500 sampler outputs and 500 exact samples. Its floor (two independent
+exact sets of 500) over seeds 0-9: mean 0.260, sd 0.070, max 0.435. What broken samplers score
+against the same references (10 seeds): one mode only 1.84 (min 1.74); mode weights 0.3/0.7
+instead of 1/2: 0.85 (min 0.66); both modes 1.5x too wide: 0.48 (min 0.43).
+
+Thresholds, per sampler: every checked seed below ``PER_SEED`` and their mean below ``MEAN``.
+Both are set from the seed distributions measured with ``helpers_quality.measure`` (fit seeds
+0-9, one torch thread, on the shared 2-core machine):
+
+    sampler  mean   sd     min    max     (s per seed)
+    mala     0.267  0.065  0.200  0.372   0.3
+    hmc      0.285  0.085  0.199  0.419   0.5
+    rwm      0.250  0.077  0.174  0.418   0.4
+    smc      0.237  0.034  0.199  0.308   0.4
+    pis      0.284  0.057  0.220  0.398   12   (slow)
+    dds      0.283  0.092  0.197  0.505   11   (slow)
+
+``PER_SEED`` = 0.60 (above every measured sampler and floor value; below one-mode and
+weight-0.3/0.7 samplers), ``MEAN`` = 0.40 over the checked seeds (the worst 3-seed mean among
+the measured values is 0.381, HMC; the 1.5x-too-wide sampler averages 0.48). iDEM/pDEM at the
+budgets tried here (400 steps) did not reach the floor (0.95 and 1.79 for seed 0) and have no
+quality test yet; FAB's is measured in docs/testing.md.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers_quality import SETUPS, SLOW_SETUPS, quality
+
+PER_SEED, MEAN = 0.60, 0.40
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _check(name, seeds, setups):
+    vals = [quality(name, s, setups)[0] for s in seeds]
+    assert max(vals) < PER_SEED, (name, vals)
+    assert sum(vals) / len(vals) < MEAN, (name, vals)
+
+
+@pytest.mark.parametrize("name", ["mala", "hmc", "rwm", "smc"])
+def test_mcmc_and_smc_reach_the_w2_floor_on_a_bimodal_mixture(name):
+    _check(name, range(3), SETUPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pis", "dds"])
+def test_diffusion_samplers_reach_the_w2_floor_on_a_bimodal_mixture(name):
+    _check(name, range(3), SLOW_SETUPS)
