@@ -87,7 +87,17 @@ def test_gmm_space_is_the_official_normalisation():
 
 @pytest.mark.parametrize("cls", [PDEM, IDEM])
 def test_learns_the_exact_noised_score_of_a_gaussian(cls):
-    # Target N((1, -0.5), I); trained in y = x / 2, where it is N((0.5, -0.25), 1/4).
+    """Target N((1, -0.5), I); trained in y = x / 2, where it is N((0.5, -0.25), 1/4).
+
+    Bounds hold for every fit seed 0-9 (measured; the test runs seed 0), not just one:
+
+        pDEM: loss ratio 0.38-0.55, score rel. error 0.042-0.115, |mean error| 0.055-0.577,
+              |std error| 0.13-0.39
+        iDEM: loss ratio 0.19-0.23, score rel. error 0.051-0.083, |mean error| 0.107-0.442,
+              |std error| 0.09-0.24
+
+    The sample moments after 400 steps vary with the fit seed far more than the 2000-sample
+    noise (s.e. 0.02); the learned score at t = 0.9 is the sharp check."""
     tgt = Gauss2D(mean=(1.0, -0.5), std=1.0)
     cfg = DEMConfig(sigma_min=1e-3, sigma_max=1.0, n_mc=128, batch_size=256, n_inner=50,
                     n_generate=256, n_integration_steps=100, hidden=64, n_layers=2, lr=2e-3,
@@ -95,7 +105,7 @@ def test_learns_the_exact_noised_score_of_a_gaussian(cls):
     s = cls(cfg)
     info = s.fit(tgt, Budget(max_steps=400), torch.Generator().manual_seed(0))
     assert info["steps"] == 400 and info["outer_iterations"] == 8
-    assert info["final_loss"] < 0.6 * info["first_loss"]      # measured: ~0.4x (pDEM), ~0.25x (iDEM)
+    assert info["final_loss"] < 0.65 * info["first_loss"]     # seeds 0-9: <= 0.553x
     m, v = torch.tensor([0.5, -0.25]), 0.25
     t = 0.9
     h = s.schedule.h(t)
@@ -104,11 +114,11 @@ def test_learns_the_exact_noised_score_of_a_gaussian(cls):
     with torch.no_grad():
         pred = s.net(torch.full((2000,), t), y)
     rel = float((pred - exact).pow(2).sum(-1).mean() / exact.pow(2).sum(-1).mean())
-    assert rel < 0.15, rel                                      # measured: 0.05 / 0.08
+    assert rel < 0.15, rel                                      # seeds 0-9: <= 0.115
     x = s.sample(2000, torch.Generator().manual_seed(3))       # original coordinates
     assert x.shape == (2000, 2) and x.dtype == torch.float32
-    assert (x.mean(0) - tgt.mean).abs().max() < 0.4
-    assert ((x.std(0) - 1.0).abs() < 0.4).all()
+    assert (x.mean(0) - tgt.mean).abs().max() < 0.75         # seeds 0-9: <= 0.577
+    assert ((x.std(0) - 1.0).abs() < 0.5).all()              # seeds 0-9: <= 0.387
 
 
 def test_idem_trains_from_its_buffer_and_respects_the_energy_budget():
