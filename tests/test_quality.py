@@ -16,12 +16,15 @@ Both are set from the seed distributions measured with ``helpers_quality.measure
     smc      0.237  0.034  0.199  0.308   0.4
     pis      0.284  0.057  0.220  0.398   12   (slow)
     dds      0.283  0.092  0.197  0.505   11   (slow)
+    fab      0.392  0.098  0.283  0.597   12   (slow)
 
 ``PER_SEED`` = 0.60 (above every measured sampler and floor value; below one-mode and
 weight-0.3/0.7 samplers), ``MEAN`` = 0.40 over the checked seeds (the worst 3-seed mean among
 the measured values is 0.381, HMC; the 1.5x-too-wide sampler averages 0.48). iDEM/pDEM at the
 budgets tried here (400 steps) did not reach the floor (0.95 and 1.79 for seed 0) and have no
-quality test yet; FAB's is measured in docs/testing.md.
+quality test yet. FAB is further from the floor at its budget (800 steps): ``FAB_PER_SEED`` 0.75,
+``FAB_MEAN`` 0.55 (its worst 3-seed mean among the measured values is 0.51); that still fails
+one-mode and wrong-weight samplers (mean 0.85), not the 1.5x-too-wide one.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import torch
 from helpers_quality import SETUPS, SLOW_SETUPS, quality
 
 PER_SEED, MEAN = 0.60, 0.40
+FAB_PER_SEED, FAB_MEAN = 0.75, 0.55
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +45,10 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _check(name, seeds, setups):
+def _check(name, seeds, setups, per_seed=PER_SEED, mean=MEAN):
     vals = [quality(name, s, setups)[0] for s in seeds]
-    assert max(vals) < PER_SEED, (name, vals)
-    assert sum(vals) / len(vals) < MEAN, (name, vals)
+    assert max(vals) < per_seed, (name, vals)
+    assert sum(vals) / len(vals) < mean, (name, vals)
 
 
 @pytest.mark.parametrize("name", ["mala", "hmc", "rwm", "smc"])
@@ -56,3 +60,8 @@ def test_mcmc_and_smc_reach_the_w2_floor_on_a_bimodal_mixture(name):
 @pytest.mark.parametrize("name", ["pis", "dds"])
 def test_diffusion_samplers_reach_the_w2_floor_on_a_bimodal_mixture(name):
     _check(name, range(3), SLOW_SETUPS)
+
+
+@pytest.mark.slow
+def test_fab_reaches_near_the_w2_floor_on_a_bimodal_mixture():
+    _check("fab", range(3), SLOW_SETUPS, FAB_PER_SEED, FAB_MEAN)
