@@ -87,12 +87,12 @@ def measure(name: str, seeds, setups: dict = SETUPS) -> None:
           f"floor mean {f.mean():.4f} sd {f.std():.4f} max {f.max():.4f}", flush=True)
 
 # Neural samplers: longer fits (slow tests).
-DEM = {"sigma_min": 1e-3, "sigma_max": 3.0, "n_mc": 128, "batch_size": 256, "n_inner": 50,
+DEM = {"sigma_min": 1e-3, "sigma_max": 2.0, "n_mc": 256, "batch_size": 256, "n_inner": 50,
        "n_generate": 256, "n_integration_steps": 100, "hidden": 64, "n_layers": 2, "lr": 2e-3,
        "n_init": 256, "buffer_min": 256, "gmm_init": "prior", "network": "mlp"}
 SLOW_SETUPS = {
-    "idem": (DEM, Budget(max_steps=400)),
-    "pdem": (DEM, Budget(max_steps=400)),
+    "idem": (DEM, Budget(max_steps=800)),
+    "pdem": (DEM, Budget(max_steps=800)),
     "pis": ({"sigma": 2.0, "n_steps": 30, "batch_size": 128, "hidden": 32, "lr": 3e-3},
             Budget(max_steps=200)),
     "dds": ({"sigma": 1.5, "n_steps": 30, "batch_size": 128, "hidden": 32, "lr": 3e-3},

@@ -21,8 +21,16 @@ Both are set from the seed distributions measured with ``helpers_quality.measure
 ``PER_SEED`` = 0.60 (above every measured sampler and floor value; below one-mode and
 weight-0.3/0.7 samplers), ``MEAN`` = 0.40 over the checked seeds (the worst 3-seed mean among
 the measured values is 0.381, HMC; the 1.5x-too-wide sampler averages 0.48). iDEM/pDEM at the
-budgets tried here (400 steps) did not reach the floor (0.95 and 1.79 for seed 0) and have no
-quality test yet. FAB is further from the floor at its budget (800 steps): ``FAB_PER_SEED`` 0.75,
+first settings tried (sigma_max 3, K = 128, 400 steps) stayed far from the floor (seed 0: 0.95 and
+1.79); with sigma_max 2, K = 256, 800 steps (``helpers_quality.DEM``) ONLY 5 fit seeds were
+measured (the 10-seed run did not fit the time available on the shared machine; 20-170 s per
+fit under contention):
+
+    idem     0.507  (0.407 0.510 0.582 0.464 0.572)   max 0.582
+    pdem     0.445  (0.372 0.439 0.385 0.373 0.657)   max 0.657
+
+so their slow test uses loose bounds, ``DEM_PER_SEED`` 0.80 and ``DEM_MEAN`` 0.65 over seeds 0-1,
+which still fail one-mode and wrong-weight samplers; re-measure over 10 seeds before tightening. FAB is further from the floor at its budget (800 steps): ``FAB_PER_SEED`` 0.75,
 ``FAB_MEAN`` 0.55 (its worst 3-seed mean among the measured values is 0.51); that still fails
 one-mode and wrong-weight samplers (mean 0.85), not the 1.5x-too-wide one.
 """
@@ -35,6 +43,7 @@ from helpers_quality import SETUPS, SLOW_SETUPS, quality
 
 PER_SEED, MEAN = 0.60, 0.40
 FAB_PER_SEED, FAB_MEAN = 0.75, 0.55
+DEM_PER_SEED, DEM_MEAN = 0.80, 0.65
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +74,9 @@ def test_diffusion_samplers_reach_the_w2_floor_on_a_bimodal_mixture(name):
 @pytest.mark.slow
 def test_fab_reaches_near_the_w2_floor_on_a_bimodal_mixture():
     _check("fab", range(3), SLOW_SETUPS, FAB_PER_SEED, FAB_MEAN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["idem", "pdem"])
+def test_dem_samplers_reach_near_the_w2_floor_on_a_bimodal_mixture(name):
+    _check(name, range(2), SLOW_SETUPS, DEM_PER_SEED, DEM_MEAN)
