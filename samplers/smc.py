@@ -127,6 +127,7 @@ class SMC:
     name = "smc"
     pretty_name = "SMC"
     has_log_prob: ClassVar[bool] = False
+    gives_log_z: ClassVar[bool] = True   # fit info "log_z" -> the row's log_z column
     Config: ClassVar[type] = SMCConfig
 
     def __init__(self, config: SMCConfig | None = None):
@@ -236,11 +237,11 @@ class SMC:
         if truncated and truncated_at is not None and truncated_at > 0:
             warnings.append(f"tempering schedule truncated at beta={truncated_at:.3g} after "
                             f"{temps - 1} temperatures ({why}): the population jumped to beta=1 "
-                            f"by one reweighting; log_Z and the samples are unreliable")
+                            f"by one reweighting; log_z and the samples are unreliable")
         frozen = acceptance_warning(acc_mean)
         if frozen:
             warnings.append(frozen)
-        return {"log_Z": log_z, "n_temps": temps, "schedule_truncated": truncated,
+        return {"log_z": log_z, "n_temps": temps, "schedule_truncated": truncated,
                 "smc_steps": steps, "steps": steps + run["steps"], "mcmc_steps": run["steps"],
                 "smc_acceptance_last": accs[-1] if accs else None, "mcmc_acceptance": run["acceptance"],
                 "min_ess_fraction": min_ess, "step_size": h, "kernel": cfg.kernel,
