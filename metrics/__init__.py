@@ -12,7 +12,7 @@ from typing import Callable
 
 from . import density, histograms, one_d, wasserstein
 from ._common import SUBSAMPLE_SEED, MetricInputError, is_particle
-from .density import DENSITY_METRICS
+from .density import DENSITY_METRICS, PATH_METRICS
 from .histograms import histogram_on_reference_bins
 
 SPEC_VERSION = "1"
@@ -39,12 +39,16 @@ def get(name: str) -> Callable:
     return _REGISTRY[name]
 
 
-def applicable(target, sampler_has_log_prob: bool = False) -> list[str]:
+def applicable(target, sampler_has_log_prob: bool = False, path_weights: bool = False
+               ) -> list[str]:
     """Names of the metrics that apply to ``target``: the registered ones (minus the
-    particle-only ones for GMM-40), then the density metrics if the sampler has a density.
-    Registered names go through ``get``; density names through ``metrics.density.evaluate``."""
+    particle-only ones for GMM-40), then the density metrics if the sampler has a density, or the
+    path-weight metrics (``log_z``, ``elbo_path``, ``ess_path``) if it has path-space importance
+    weights. Registered names go through ``get``; density names through ``metrics.density``."""
     out = [n for n in names() if is_particle(target) or n not in PARTICLE_ONLY]
-    return out + list(DENSITY_METRICS) if sampler_has_log_prob else out
+    if sampler_has_log_prob:
+        return out + list(DENSITY_METRICS)
+    return out + list(PATH_METRICS) if path_weights else out
 
 
 for _name, _fn in [
@@ -61,6 +65,6 @@ for _name, _fn in [
 ]:
     register(_name, _fn)
 
-__all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "DENSITY_METRICS", "SUBSAMPLE_SEED",
+__all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "DENSITY_METRICS", "PATH_METRICS", "SUBSAMPLE_SEED",
            "MetricInputError", "register", "get", "names", "applicable",
            "histogram_on_reference_bins", "density", "histograms", "one_d", "wasserstein"]

@@ -14,6 +14,11 @@ and the runner calls them only when ``sampler.has_log_prob`` (see :func:`evaluat
   ``ess`` = 1 / (n Σ_i w̄_i²), w̄ = softmax(log w): the normalised effective sample size in (0, 1],
   as the official code divides by n.
   For particles Z is the integral of exp(-E) over the mean-free subspace.
+* Path-space weights (PIS, DDS: w = p̃(x_T) · path density ratio, no marginal density of x): the
+  same estimators on path weights give ``log_z`` (still an unbiased estimate of Z, so it shares the
+  column) but ``elbo_path`` and ``ess_path``, which bound and measure the *path* KL, not the
+  marginal one: a path ELBO is lower than the marginal ELBO of the same sampler, and a path ESS
+  lower than its marginal ESS, so they get columns of their own (``PATH_METRICS``).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch
 from ._common import MetricInputError, as_points, counters_restored, is_particle, uncounted_energy
 
 DENSITY_METRICS = ("nll", "log_z", "elbo", "ess")
+PATH_METRICS = ("log_z", "elbo_path", "ess_path")
 
 
 def _vector(v, what: str, n: int | None = None) -> torch.Tensor:

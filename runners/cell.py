@@ -260,6 +260,8 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["metric_seconds"] = time.perf_counter() - t0
     row.update(ref_cols)
     row.update(values)
+    if getattr(cls, "gives_log_z", False):  # the sampler's own estimate from its fit (SMC)
+        row["log_z"] = float(info.get("log_z", math.nan)) if info else math.nan
     row["metric_errors"] = json.dumps(errors, sort_keys=True) if errors else ""
     if ref_cols.get("reference_source") == "missing":
         warnings.append("reference missing: the cell is unscored until it exists")

@@ -9,8 +9,9 @@ write the same columns. Protocol (documented in the README of runners):
 * Every metric in ``metrics.applicable(target, has_density)`` is computed; a metric that raises
   becomes NaN with its error text in ``metric_errors`` (the cell does not fail).
 * Density metrics: ``nll``, ``log_z``, ``elbo``, ``ess`` through ``metrics.density.evaluate`` when
-  the sampler has ``log_prob``; ``log_z``, ``elbo``, ``ess`` from the sampler's own importance
-  weights when it exposes ``log_weights`` (PIS/DDS: exact path weights, no marginal density).
+  the sampler has ``log_prob``; ``log_z``, ``elbo_path``, ``ess_path`` from the sampler's own
+  path-space importance weights when it exposes ``log_weights`` (PIS/DDS: exact path weights, no
+  marginal density; metrics/density.py says why they get columns of their own).
 * A target without a reference (LJ-55 before ``python -m targets.make_reference lj55``) gives NaN
   reference metrics and ``reference_source = "missing"`` with the reason.
 * The target's evaluation counters are restored afterwards: metric energies never count as the
@@ -28,7 +29,7 @@ import metrics
 from metrics import density
 from targets import ReferenceDataError
 
-DENSITY = tuple(density.DENSITY_METRICS)
+DENSITY = tuple(dict.fromkeys(density.DENSITY_METRICS + density.PATH_METRICS))
 
 
 def load_reference(target, n: int) -> tuple[torch.Tensor | None, dict]:
@@ -46,8 +47,8 @@ def load_reference(target, n: int) -> tuple[torch.Tensor | None, dict]:
 
 def _weights_metrics(log_w: torch.Tensor) -> dict[str, float]:
     zeros = torch.zeros_like(log_w, dtype=torch.float64)
-    return {"log_z": density.log_z(log_w, zeros), "elbo": density.elbo(log_w, zeros),
-            "ess": density.ess(log_w, zeros)}
+    return {"log_z": density.log_z(log_w, zeros), "elbo_path": density.elbo(log_w, zeros),
+            "ess_path": density.ess(log_w, zeros)}
 
 
 def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
@@ -63,7 +64,7 @@ def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
     has_density = log_prob is not None or log_w is not None
     ref, ref_cols = load_reference(target, samples.shape[0])
     ref_cols["n_reference"] = 0 if ref is None else int(ref.shape[0])
-    names = metrics.applicable(target, has_density)
+    names = metrics.applicable(target, log_prob is not None, path_weights=log_w is not None)
     values: dict[str, float] = {}
     errors: dict[str, str] = {}
     snapshot = target.counter.snapshot()
@@ -88,7 +89,8 @@ def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
 
 
 def _density_metrics(target, samples, ref, log_prob, log_w, errors) -> dict[str, float]:
-    out = {name: math.nan for name in DENSITY}
+    out = {name: math.nan for name in (density.PATH_METRICS if log_w is not None
+                                        else density.DENSITY_METRICS)}
     try:
         if log_w is not None:
             out.update(_weights_metrics(log_w))

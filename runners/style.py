@@ -52,6 +52,9 @@ METRICS: dict[str, MetricInfo] = {
                         "closer to the true log Z is better (GMM-40: 0)"),
     "elbo": MetricInfo("ELBO (mean log weight)", "nats", "higher"),
     "ess": MetricInfo("normalised ESS", "fraction of n, 0 to 1", "higher"),
+    "elbo_path": MetricInfo("path-space ELBO (mean log path weight; PIS, DDS)", "nats", "higher"),
+    "ess_path": MetricInfo("path-space normalised ESS (PIS, DDS)", "fraction of n, 0 to 1",
+                           "higher"),
 }
 
 

@@ -56,7 +56,8 @@ SUMMARY_COLS = ["target", "sampler", "metric", "mean", "sem", "n", "n_ok", "n_se
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Metric columns present in ``df`` (registered metrics, then density metrics), in order."""
-    known = list(metrics.names()) + list(metrics.DENSITY_METRICS)
+    known = list(dict.fromkeys(list(metrics.names()) + list(metrics.DENSITY_METRICS)
+                               + list(metrics.PATH_METRICS)))
     return [m for m in known if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
@@ -71,11 +72,12 @@ def applicable(target: str, sampler: str) -> frozenset | None:
         t = targets.get(target)
     except Exception:  # noqa: BLE001 - unknown (plugin) names: decided from the rows instead
         return None
+    own_log_z = {"log_z"} if getattr(cls, "gives_log_z", False) else set()
     if getattr(cls, "has_log_prob", False):
         return frozenset(metrics.applicable(t, True))
-    if getattr(cls, "has_importance_weights", False):  # log Z, ELBO, ESS from path weights only
-        return frozenset(metrics.applicable(t, True)) - {"nll"}
-    return frozenset(metrics.applicable(t, False))
+    if getattr(cls, "has_importance_weights", False):  # log Z, path ELBO, path ESS
+        return frozenset(metrics.applicable(t, False, path_weights=True))
+    return frozenset(metrics.applicable(t, False)) | own_log_z
 
 
 def _col(g: pd.DataFrame, name: str, default="") -> pd.Series:

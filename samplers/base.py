@@ -11,7 +11,13 @@ What ``fit`` returns in its info dict (``runners/cell.py`` copies these into the
 * ``"warnings"``: a list of human-readable strings (empty when all is well), e.g. a budget below
   one step (:func:`below_one_step_warning`) or frozen MCMC chains (:func:`acceptance_warning`);
 * MCMC samplers also ``"acceptance_mean"`` and ``"acceptance_min"`` (over chains; NaN when no
-  transition ran).
+  transition ran);
+* a sampler that estimates log Z during its fit (SMC) sets the class attribute
+  ``gives_log_z = True`` and reports ``"log_z"``, which becomes the row's ``log_z`` column.
+
+Optional class attributes: ``has_importance_weights`` (``log_weights(n, generator) -> (x, log_w)``
+with path-space weights: the row gets ``log_z``, ``elbo_path``, ``ess_path``) and
+``gives_log_z``; both default to False.
 
 Every sampler ``Config`` has ``validate() -> None`` raising ValueError whose message begins with
 the field name ("step_size: got -1.0; expected a finite number > 0"), built from the ``check_*``

@@ -30,9 +30,18 @@ OU (DDS's ``alpha^2 T`` in its DDPM-style parametrisation). Particle targets use
 prior and project noise and control, as PIS does here (samplers/pis.py). Clipping, detached score
 feature, and ``log_weights`` are shared with PIS (samplers/pis.py).
 
-Score clip: ±100 in z-units, the value of DDS's own PIS-Grad network (``lgv_clip``), not PIS's
-1e4. Measured here (H100, seed 0, batch 256, 100 steps; training-batch ELBO after ~280 optimiser
-steps, clip 1e4 -> 100): LJ-13 -15 -> +44, LJ-55 -225 -> +174; GMM-40 and DW-4 about unchanged.
+Score clip: ±100 (``lgv_clip`` of DDS's own PIS-Grad network, not PIS's 1e4), applied as official
+DDS applies it, to ∇log p̃ in data units before the z-scaling (``score_clip_units="data"``);
+``"z"`` clips σ·∇log p̃ instead, as earlier versions of this suite did (identical for σ = 1:
+LJ-13, LJ-55). Measured here with the z-unit clip (H100, seed 0, batch 256, 100 steps;
+training-batch ELBO after ~280 optimiser steps, clip 1e4 -> 100): LJ-13 -15 -> +44, LJ-55
+-225 -> +174; GMM-40 and DW-4 about unchanged.
+
+Stick the landing (``stl=True``, official DDS's default; Roeder et al. 2017, Vargas et al. 2023
+§4): the loss adds the path's stochastic integral Σ m_k·ε_k/√a_k evaluated with the control's
+parameters frozen, so its gradient flows through the states only. Its expectation is zero, so
+the objective is unchanged; at the optimal control the gradient estimator's variance vanishes.
+It costs one more network evaluation per SDE step in training, no energy evaluations.
 
 Budget: as PIS (the shared loop of samplers/pis.py), a *step* is one optimiser step on a batch of
 ``batch_size`` paths, costing ``batch_size · (n_steps + 1)`` energy(+gradient) evaluations; every
@@ -67,6 +76,8 @@ class DDSConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-7
     score_clip: float = 1e2         # DDS code's PIS-Grad clip (lgv_clip = 1e2), see module doc
+    score_clip_units: str = "data"  # official DDS clips ∇log p̃ in data units; "z": ours before
+    stl: bool = True                # stick-the-landing term in the loss, official DDS's default
     max_grad_norm: float | None = None
     max_iters: int | None = None
     sample_batch: int = 1000

@@ -27,8 +27,10 @@ baselines' published hyperparameters are not known, §5):
 * The target gradient enters the control as a detached, clipped feature (no Hessian terms), as
   DDS's PIS-Grad network with ``stop_grad`` does; non-finite components (e.g. the LJ/DW-4 gradient
   at the Dirac start, where all particles coincide and autograd gives 0·inf) are set to 0 first.
-* The terminal gradient used in backpropagation is clipped at the same ±``score_clip`` (in
-  z-units); the loss *value* and the weights use the exact energy.
+* The terminal gradient used in backpropagation is clipped at the same ±``score_clip``, in the
+  same units (``score_clip_units``: ``"z"`` clips σ·∇log p̃, as iDEM's PIS clips in its
+  normalised space; ``"data"`` clips ∇log p̃ before the scaling, as official DDS does); the loss
+  *value* and the weights use the exact energy.
 * A *step* (``Budget.max_steps``, and ``max_iters``) is one optimiser step: one simulated batch
   of ``batch_size`` paths, costing ``batch_size · (n_steps + 1)`` energy(+gradient) evaluations
   (the score feature at every SDE step plus the terminal energy). The energy cap, ``max_seconds``
@@ -48,14 +50,27 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from . import register
-from .base import (Budget, Diverged, below_one_step_warning, check_device, check_finite,
-                   check_int, check_nonnegative, check_positive, validated)
+from .base import (Budget, Diverged, below_one_step_warning, check_choice, check_device,
+                   check_finite, check_int, check_nonnegative, check_positive, validated)
 from .nets import ControlNet, init_parameters
 
 # Per-target reference scale sigma (original units). GMM-40: the prior must cover [-40, 40]^2 (the
 # mixture's per-axis std is ~23); particles: about the reference sets' per-coordinate spread
 # (DW-4 1.8, LJ-13 0.68 measured on the test splits) or a little wider.
 SIGMA_DEFAULTS = {"gmm40": 40.0, "dw4": 2.0, "lj13": 1.0, "lj55": 1.0}
+
+
+CLIP_UNITS = ("z", "data")
+
+
+def clipped_score(grad_e: torch.Tensor, sigma: float, clip: float, units: str) -> torch.Tensor:
+    """-sigma ∇E in z-units, clipped elementwise at ±clip either in z-units (``"z"``) or, as
+    official DDS clips ∇log p̃ with ``lgv_clip``, in data units before the scaling (``"data"``).
+    Non-finite components become 0."""
+    s = torch.nan_to_num(-grad_e, nan=0.0, posinf=0.0, neginf=0.0)
+    if units == "data":
+        return sigma * s.clamp(-clip, clip)
+    return (sigma * s).clamp(-clip, clip)
 
 
 def _target_name(target) -> str:
@@ -90,6 +105,8 @@ class PISConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-7
     score_clip: float = 1e4         # elementwise clip of sigma * grad log p~ (iDEM's ±1e4)
+    score_clip_units: str = "z"     # "z": clip sigma·∇log p̃ (iDEM's PIS, normalised space);
+                                    # "data": clip ∇log p̃ in data units, then scale by sigma
     max_grad_norm: float | None = None   # optional clip of the parameter-gradient norm
     max_iters: int | None = None
     sample_batch: int = 1000        # trajectories per chunk in sample / log_weights
@@ -109,6 +126,9 @@ def validate_sde_config(cfg) -> None:
     check_positive("lr", cfg.lr)
     check_nonnegative("weight_decay", cfg.weight_decay)
     check_positive("score_clip", cfg.score_clip)
+    check_choice("score_clip_units", cfg.score_clip_units, CLIP_UNITS)
+    if not isinstance(getattr(cfg, "stl", False), bool):
+        raise ValueError(f"stl: got {cfg.stl!r}; expected true or false")
     check_positive("max_grad_norm", cfg.max_grad_norm, optional=True)
     check_int("max_iters", cfg.max_iters, minimum=0, optional=True)
     check_device("device", cfg.device)
@@ -254,23 +274,32 @@ class ControlledSDESampler:
         """clip(sigma ∇log p̃(sigma z)) = ∇_z log p̃ in z-units, detached; charges one
         energy+gradient evaluation per row."""
         _, grad_e = self.target.energy_and_grad(self.sigma * z.detach())
-        s = torch.nan_to_num(-self.sigma * grad_e.to(z), nan=0.0, posinf=0.0, neginf=0.0)
-        return s.clamp(-self.config.score_clip, self.config.score_clip)
+        return clipped_score(grad_e.to(z), self.sigma, self.config.score_clip,
+                             self.config.score_clip_units)
 
     def _rollout(self, n: int, generator: torch.Generator,
-                 control: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]):
+                 control: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+                 stl: bool = False):
         """Simulate the controlled chain; returns z_N ``[n, dim]``, Σ quad ``[n]`` (differentiable),
-        Σ stoch ``[n]`` (detached)."""
+        Σ stoch ``[n]`` (detached), and with ``stl`` the stick-the-landing term: the stochastic
+        integral with the control's parameters frozen, differentiable through the states only."""
         z = self._init_state(n, generator)
         quad = z.new_zeros(n)
         stoch = z.new_zeros(n)
+        stl_term = z.new_zeros(n)
+        frozen = ({k: p.detach() for k, p in self.net.named_parameters()} if stl else None)
         for k in range(self.config.n_steps):
-            u = self._project(control(k, z, self._score_feature(z)))
-            eps = torch.randn(n, self.dim, generator=generator).to(self.device)
-            z, q, st = self._step(z, u, self._project(eps), k)
+            s = self._score_feature(z)
+            u = self._project(control(k, z, s))
+            eps = self._project(torch.randn(n, self.dim, generator=generator).to(self.device))
+            if stl:
+                u_frozen = self._project(torch.func.functional_call(
+                    self.net, frozen, (self._times[k], z, s)))
+                stl_term = stl_term + self._step(z, u_frozen, eps, k)[2]
+            z, q, st = self._step(z, u, eps, k)
             quad = quad + q
             stoch = stoch + st.detach()
-        return z, quad, stoch
+        return (z, quad, stoch, stl_term) if stl else (z, quad, stoch)
 
     def _net_control(self, k: int, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self.net(self._times[k], z, s)
@@ -282,13 +311,17 @@ class ControlledSDESampler:
     def _loss(self, n: int, generator: torch.Generator, control=None):
         """KL estimate (mean over n paths) with a surrogate terminal term whose gradient is the
         clipped ∇_z log p̃; returns (loss, log_w ``[n]`` detached)."""
-        z, quad, stoch = self._rollout(n, generator, control or self._net_control)
+        stl = bool(getattr(self.config, "stl", False)) and control is None
+        out = self._rollout(n, generator, control or self._net_control, stl=stl)
+        z, quad, stoch = out[:3]
         energy, grad_e = self.target.energy_and_grad(self.sigma * z.detach())
         energy = energy.to(z)
-        g_z = (self.sigma * grad_e.to(z)).nan_to_num(nan=0.0).clamp(-self.config.score_clip,
-                                                                   self.config.score_clip)
+        g_z = -clipped_score(grad_e.to(z), self.sigma, self.config.score_clip,
+                             self.config.score_clip_units)
         log_p_sur = -energy - (g_z * (z - z.detach())).sum(-1)
         per_path = quad + self._log_ref_x(z) - log_p_sur
+        if stl:  # zero mean, so the loss value is unchanged in expectation; lowers the variance
+            per_path = per_path + out[3]
         loss = per_path.mean()
         check_finite(loss.detach(), f"{self.name}: training loss")
         log_w = (-energy - self._log_ref_x(z) - quad - stoch).detach().double().cpu()

@@ -18,6 +18,12 @@ step size and thinned states go to the sample pool (the blog baseline: an SMC wa
 idem.md §1.1 A, then long MCMC). If the budget ends before β = 1, the population jumps to β = 1 by
 one final reweighting and resampling (no evaluations needed; ``schedule_truncated`` in the info).
 
+``schedule="fixed"`` replaces step 1 by β_k = k / ``n_fixed_temps`` (k = 1..n_fixed_temps). The
+ICLR 2025 blog's SMC baseline ("a need for a course correction", reference-idem.md §1.1 A) is
+5 fixed intermediate distributions with 1000 Metropolis steps each:
+``smc.schedule=fixed smc.n_fixed_temps=5 smc.kernel=rwm smc.steps_per_temp=1000``. We read its
+"5 intermediates" as 5 tempered distributions ending at the target; the adaptive schedule is ours.
+
 log Z: the product of the weight means is an unbiased estimate of Z (the log is biased low by
 about Var/2). Priors (:func:`samplers.starts.prior_for`): GMM-40 U([-45, 45]^2) (the blog's);
 particles a mean-free Gaussian, so Z is the integral of exp(-E) over the mean-free subspace.
@@ -44,6 +50,7 @@ from .mcmc import FALLBACK_STEP, STEP_DEFAULTS, TARGET_ACCEPT, Pool, run_chains
 from .starts import device_generator, is_particle, prior_for, resolve_device
 
 SMC_KERNELS = ("mala", "rwm")
+SCHEDULES = ("adaptive", "fixed")
 
 
 @dataclass
@@ -54,6 +61,8 @@ class SMCConfig:
     adapt: bool = True
     target_accept: float | None = None  # None: 0.574 (MALA), 0.234 (RWM)
     steps_per_temp: int = 20
+    schedule: str = "adaptive"          # "adaptive" (CESS bisection) | "fixed" (β_k = k / n_fixed_temps)
+    n_fixed_temps: int = 5              # "fixed": tempered distributions, the last one the target
     cess_fraction: float = 0.8
     resample_threshold: float = 0.5
     max_temps: int = 10_000
@@ -68,6 +77,8 @@ class SMCConfig:
         for f in ("n_chains", "steps_per_temp", "max_temps", "thinning", "pool_size"):
             check_int(f, getattr(self, f))
         check_choice("kernel", self.kernel, SMC_KERNELS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("n_fixed_temps", self.n_fixed_temps)
         check_range("cess_fraction", self.cess_fraction, 0, 1)
         check_range("resample_threshold", self.resample_threshold, 0, 1)
         check_positive("step_size", self.step_size, optional=True)
@@ -127,6 +138,7 @@ class SMC:
     name = "smc"
     pretty_name = "SMC"
     has_log_prob: ClassVar[bool] = False
+    gives_log_z: ClassVar[bool] = True   # fit info "log_z" -> the row's log_z column
     Config: ClassVar[type] = SMCConfig
 
     def __init__(self, config: SMCConfig | None = None):
@@ -176,7 +188,12 @@ class SMC:
             if not budget_left and truncated_at is None:
                 truncated_at = beta
                 why = "max_temps" if temps >= cfg.max_temps else "budget " + clock.cap()
-            new_beta = next_beta(beta, log_w, e1 - e0, cfg.cess_fraction) if budget_left else 1.0
+            if not budget_left:
+                new_beta = 1.0
+            elif cfg.schedule == "fixed":  # the blog's protocol: equally spaced β, no adaptation
+                new_beta = min(1.0, (temps + 1) / cfg.n_fixed_temps)
+            else:
+                new_beta = next_beta(beta, log_w, e1 - e0, cfg.cess_fraction)
             truncated = truncated or not budget_left
             de = (e1 - e0).double()
             inc = torch.where(torch.isfinite(de), -(new_beta - beta) * de, torch.full_like(de, -math.inf))
@@ -236,11 +253,11 @@ class SMC:
         if truncated and truncated_at is not None and truncated_at > 0:
             warnings.append(f"tempering schedule truncated at beta={truncated_at:.3g} after "
                             f"{temps - 1} temperatures ({why}): the population jumped to beta=1 "
-                            f"by one reweighting; log_Z and the samples are unreliable")
+                            f"by one reweighting; log_z and the samples are unreliable")
         frozen = acceptance_warning(acc_mean)
         if frozen:
             warnings.append(frozen)
-        return {"log_Z": log_z, "n_temps": temps, "schedule_truncated": truncated,
+        return {"log_z": log_z, "n_temps": temps, "schedule_truncated": truncated,
                 "smc_steps": steps, "steps": steps + run["steps"], "mcmc_steps": run["steps"],
                 "smc_acceptance_last": accs[-1] if accs else None, "mcmc_acceptance": run["acceptance"],
                 "min_ess_fraction": min_ess, "step_size": h, "kernel": cfg.kernel,

@@ -239,7 +239,7 @@ def test_smc_budget_and_truncation():
     # to beta = 1 and the remaining 71 evaluations buy 2 MCMC steps at the target.
     assert t.counter.energy_evals == 32 * 8
     assert info["schedule_truncated"] and info["smc_steps"] == 5 and info["mcmc_steps"] == 2
-    assert math.isfinite(info["log_Z"])
+    assert math.isfinite(info["log_z"])
 
 
 def test_budget_binding_and_below_one_step_warning():
@@ -300,7 +300,7 @@ def test_determinism_and_seed_dependence():
         for seed in (5, 5, 6):
             s = cls(cls.tiny_config(t))
             info = s.fit(t, Budget(max_steps=30), torch.Generator().manual_seed(seed))
-            out.append((s.sample(40, torch.Generator().manual_seed(1)), info.get("log_Z")))
+            out.append((s.sample(40, torch.Generator().manual_seed(1)), info.get("log_z")))
         assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1]
         assert not torch.equal(out[0][0], out[2][0])
 
@@ -311,14 +311,14 @@ def test_smc_log_z_on_gaussian_and_gmm():
         n_chains=2000, cess_fraction=0.9, prior_scale=3.0, steps_per_temp=5, continue_mcmc=False))
     info = s.fit(t, Budget(max_energy_evals=10**6), torch.Generator().manual_seed(0))
     assert info["n_temps"] >= 3 and not info["schedule_truncated"]
-    assert abs(info["log_Z"] - t.log_Z) < 0.1, (info["log_Z"], t.log_Z)  # sd ≈ 0.02 here
+    assert abs(info["log_z"] - t.log_Z) < 0.1, (info["log_z"], t.log_Z)  # sd ≈ 0.02 here
     x = s.sample(2000, torch.Generator().manual_seed(0)).double()
     assert ((x.mean(0) - t.m).abs() < 0.15).all()
     gmm = targets.get("gmm40")  # normalised: log Z = 0; prior U([-45, 45]^2)
     s = samplers.get("smc")(samplers.get("smc").Config(n_chains=2000, steps_per_temp=10,
                                                       continue_mcmc=False))
     info = s.fit(gmm, Budget(max_energy_evals=10**7), torch.Generator().manual_seed(0))
-    assert abs(info["log_Z"]) < 0.15 and info["prior"] == "uniform(45)"
+    assert abs(info["log_z"]) < 0.15 and info["prior"] == "uniform(45)"
 
 
 # ----------------------------------------------------------------------------- starts, errors
@@ -416,3 +416,23 @@ def test_dw4_hmc_reaches_the_w2_floor():
     assert 1.7 < mean(floor_raw) < 1.9
     assert mean(ours) < 1.1 * mean(floor_sym), (mean(ours), mean(floor_sym), mean(floor_raw))
     assert mean(ours_sym) < 1.1 * mean(floor_sym_sym), (mean(ours_sym), mean(floor_sym_sym))
+
+
+def test_smc_fixed_schedule_visits_the_equally_spaced_temperatures_and_estimates_log_z():
+    """The blog protocol's fixed schedule: n_fixed_temps reweightings, β_k = k/K, and an
+    unbiased-enough log Z on a Gaussian with a closed-form normaliser."""
+    from samplers.smc import SMC, SMCConfig
+    t = CorrGauss()
+    cfg = SMCConfig(n_chains=2000, schedule="fixed", n_fixed_temps=5, kernel="rwm",
+                    steps_per_temp=20, prior_scale=3.0, continue_mcmc=False)
+    info = SMC(cfg).fit(t, Budget(max_energy_evals=10**7), torch.Generator().manual_seed(0))
+    assert info["n_temps"] == 5 and not info["schedule_truncated"]
+    assert abs(info["log_z"] - t.log_Z) < 0.1
+
+
+def test_smc_schedule_names_are_validated():
+    from samplers.smc import SMCConfig
+    with pytest.raises(ValueError, match="schedule"):
+        SMCConfig(schedule="geometric").validate()
+    with pytest.raises(ValueError, match="n_fixed_temps"):
+        SMCConfig(n_fixed_temps=0).validate()

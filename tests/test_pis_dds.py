@@ -327,3 +327,35 @@ def test_fab_particles_counting_determinism_errors():
         cls(cls.Config(buffer_min=10, buffer_size=5))
     with pytest.raises(RuntimeError, match="fit"):
         cls().sample(2, torch.Generator())
+
+
+def test_score_clip_units_data_clips_before_the_sigma_scaling():
+    """Official DDS clips ∇log p̃ in data units (lgv_clip); the "z" variant clips σ·∇log p̃."""
+    from samplers.pis import clipped_score
+    grad_e = torch.tensor([[-150.0, 30.0, float("nan")]])        # ∇E; ∇log p̃ = -∇E
+    data = clipped_score(grad_e, sigma=2.0, clip=100.0, units="data")
+    z = clipped_score(grad_e, sigma=2.0, clip=100.0, units="z")
+    assert data.tolist() == [[200.0, -60.0, 0.0]]                # 2 · clip(150) , 2 · (-30)
+    assert z.tolist() == [[100.0, -60.0, 0.0]]                   # clip(2 · 150)
+    assert samplers.get("dds").Config().score_clip_units == "data"
+    with pytest.raises(ValueError, match="score_clip_units"):
+        samplers.get("dds").Config(score_clip_units="x").validate()
+
+
+def test_dds_stick_the_landing_term_has_zero_mean_and_changes_only_the_gradient():
+    """STL adds Σ m_k·ε_k/√a_k with frozen parameters: zero mean (the loss value agrees with the
+    plain loss within sampling error on the same paths) and the parameter gradient changes."""
+    t = Gauss([0.5, -0.5], 0.7)
+    losses, grads = {}, {}
+    for stl in (False, True):
+        cls = samplers.get("dds")
+        s = cls(cls.Config(max_iters=1, stl=stl, sigma=1.0, batch_size=8, n_steps=10))
+        s.fit(t, Budget(max_steps=1), torch.Generator().manual_seed(0))   # one step: non-zero net
+        g = torch.Generator().manual_seed(3)
+        loss, _ = s._loss(4000, g)
+        s.net.zero_grad()
+        loss.backward()
+        losses[stl] = loss.item()
+        grads[stl] = torch.cat([p.grad.flatten() for p in s.net.parameters() if p.grad is not None])
+    assert abs(losses[True] - losses[False]) < 0.05 * max(1.0, abs(losses[False]))
+    assert not torch.allclose(grads[True], grads[False])
