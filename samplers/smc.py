@@ -20,8 +20,9 @@ one final reweighting and resampling (no evaluations needed; ``schedule_truncate
 
 ``schedule="fixed"`` replaces step 1 by β_k = k / ``n_fixed_temps`` (k = 1..n_fixed_temps). The
 ICLR 2025 blog's SMC baseline ("a need for a course correction", reference-idem.md §1.1 A) is
-5 fixed intermediate distributions with 1000 Metropolis steps each:
-``smc.schedule=fixed smc.n_fixed_temps=5 smc.kernel=rwm smc.steps_per_temp=1000``. We read its
+5 fixed intermediate distributions with 1000 Metropolis steps each (DW-4, LJ-13; LJ-55 10 x 2000),
+then long MCMC: ``smc.schedule=fixed smc.n_fixed_temps=5 smc.kernel=rwm smc.steps_per_temp=1000
+smc.adapt=false``. We read its
 "5 intermediates" as 5 tempered distributions ending at the target; the adaptive schedule is ours.
 
 log Z: the product of the weight means is an unbiased estimate of Z (the log is biased low by
