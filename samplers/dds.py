@@ -73,6 +73,7 @@ class DDSConfig:
     batch_size: int = 256
     hidden: int = 64
     n_layers: int = 2
+    network: str = "mlp"            # "mlp" (DDS's PIS-Grad) | "egnn" (equivariant, particles)
     lr: float = 1e-3
     weight_decay: float = 1e-7
     score_clip: float = 1e2         # DDS code's PIS-Grad clip (lgv_clip = 1e2), see module doc

@@ -9,10 +9,13 @@ with a sinusoidal time embedding whose frequencies are fixed (0.1 ... 100, as in
 is learned. Both output layers start at zero, so an untrained sampler *is* its reference process
 (zero control), which makes the initial loss a known quantity.
 
-Particle targets: NN is a plain MLP on the flattened mean-free coordinates followed by mean
-removal. It is translation-invariant by construction but neither permutation- nor
-rotation-equivariant (an EGNN would be; not done yet). NN_t(t) is a scalar, so the score term
-keeps every symmetry of the target.
+Particle targets, ``network="mlp"``: NN is a plain MLP on the flattened mean-free coordinates
+followed by mean removal, translation-invariant but neither permutation- nor rotation-equivariant.
+``network="egnn"`` (:class:`EquivariantControlNet`): NN is the EGNN that iDEM uses
+(samplers/dem/networks.py, the official ``EGNN_dynamics``), whose output is E(n)-equivariant
+(rotations, reflections, translations) and permutation-equivariant, times a learned scalar gate
+that starts at 0 (so the untrained control is still exactly zero). NN_t(t) is a scalar, so the
+score term keeps every symmetry of the target either way, and the whole control is equivariant.
 
 All parameters are initialised from an explicit ``torch.Generator`` (:func:`init_parameters`),
 never from the global RNG.
@@ -85,6 +88,51 @@ class ControlNet(nn.Module):
         n, d = self.particles
         vp = v.reshape(*v.shape[:-1], n, d)
         return (vp - vp.mean(-2, keepdim=True)).reshape(v.shape)
+
+
+class EquivariantControlNet(nn.Module):
+    """u(t, z, s) = g · EGNN(t, z) + NN_t(emb(t)) * s for particle targets, E(n)- and
+    permutation-equivariant; ``g`` a scalar parameter initialised at 0 (ReZero-style), so the
+    sampler starts as its reference process like :class:`ControlNet`."""
+
+    def __init__(self, dim: int, hidden: int, n_layers: int, particles: tuple[int, int]):
+        super().__init__()
+        from .dem.networks import EGNN
+        if particles is None or particles[0] * particles[1] != dim:
+            raise ValueError(f"network 'egnn': needs a particle target (n_particles, spatial_dim) "
+                             f"matching dim {dim}, got {particles}; use network 'mlp'")
+        self.dim, self.particles = dim, particles
+        self.egnn = EGNN(particles[0], particles[1], hidden=hidden, n_layers=n_layers)
+        self.gate = nn.Parameter(torch.zeros(()))
+        self.embed = FourierTime(hidden)
+        self.time_grad = _mlp([2 * hidden] + [hidden] * 2 + [1], zero_last=True)
+
+    def forward(self, t, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+        if t.ndim == 0:
+            t = t.expand(z.shape[0])
+        out = self.gate * self.egnn(t, z) + self.time_grad(self.embed(t)) * s
+        return self.project(out)
+
+    project = ControlNet.project
+
+
+NETWORKS = ("mlp", "egnn")
+
+
+def build_control_net(kind: str, dim: int, hidden: int, n_layers: int,
+                      particles: tuple[int, int] | None, generator: torch.Generator) -> nn.Module:
+    """The control network ``kind`` ("mlp": :class:`ControlNet`; "egnn":
+    :class:`EquivariantControlNet`), every parameter drawn from ``generator``."""
+    if kind == "mlp":
+        return init_parameters(ControlNet(dim, hidden, n_layers, particles), generator)
+    if kind == "egnn":
+        from .dem.networks import init_parameters as init_egnn
+        net = EquivariantControlNet(dim, hidden, n_layers, particles)
+        init_egnn(net.egnn, generator)          # the EGNN's own (Xavier-flagged) initialisation
+        init_parameters(net.time_grad, generator)
+        return net
+    raise ValueError(f"network: got {kind!r}; allowed: {', '.join(NETWORKS)}")
 
 
 @torch.no_grad()

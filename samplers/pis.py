@@ -52,7 +52,7 @@ import torch
 from . import register
 from .base import (Budget, Diverged, below_one_step_warning, check_choice, check_device,
                    check_finite, check_int, check_nonnegative, check_positive, validated)
-from .nets import ControlNet, init_parameters
+from .nets import NETWORKS, ControlNet, build_control_net
 
 # Per-target reference scale sigma (original units). GMM-40: the prior must cover [-40, 40]^2 (the
 # mixture's per-axis std is ~23); particles: about the reference sets' per-coordinate spread
@@ -102,6 +102,7 @@ class PISConfig:
     batch_size: int = 256           # trajectories per optimiser step
     hidden: int = 64                # iDEM pis.yaml: FourierMLP channels 64
     n_layers: int = 2               # iDEM pis.yaml: num_layers 2
+    network: str = "mlp"            # "mlp" (iDEM's PIS) | "egnn" (equivariant, particle targets)
     lr: float = 1e-3
     weight_decay: float = 1e-7
     score_clip: float = 1e4         # elementwise clip of sigma * grad log p~ (iDEM's ±1e4)
@@ -126,6 +127,7 @@ def validate_sde_config(cfg) -> None:
     check_positive("lr", cfg.lr)
     check_nonnegative("weight_decay", cfg.weight_decay)
     check_positive("score_clip", cfg.score_clip)
+    check_choice("network", cfg.network, NETWORKS)
     check_choice("score_clip_units", cfg.score_clip_units, CLIP_UNITS)
     if not isinstance(getattr(cfg, "stl", False), bool):
         raise ValueError(f"stl: got {cfg.stl!r}; expected true or false")
@@ -178,8 +180,8 @@ class ControlledSDESampler:
         self.d_eff = self.dim if self.particles is None else self.dim - self.particles[1]
         self.device = torch.device(cfg.device)
         self._build_schedule()
-        net = ControlNet(self.dim, cfg.hidden, cfg.n_layers, self.particles)
-        self.net = init_parameters(net, generator).to(self.device)
+        self.net = build_control_net(cfg.network, self.dim, cfg.hidden, cfg.n_layers,
+                                     self.particles, generator).to(self.device)
 
     # ------------------------------------------------------------------ public API
     def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:
