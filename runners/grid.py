@@ -292,7 +292,7 @@ def _collected_after_rows(out: Path) -> bool:
 
 def rescore_finished(cells: list) -> int:
     """Finished cells scored while their target had no reference (e.g. LJ-55 before
-    ``python -m targets.make_reference lj55``): score their saved samples again when the
+    ``python -m runners.make_reference lj55``): score their saved samples again when the
     reference now exists. Returns how many were rescored."""
     done, cache = 0, {}
     for spec, row in cells:

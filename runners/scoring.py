@@ -11,7 +11,7 @@ write the same columns. Protocol (documented in the README of runners):
 * Density metrics: ``nll``, ``log_z``, ``elbo``, ``ess`` through ``metrics.density.evaluate`` when
   the sampler has ``log_prob``; ``log_z``, ``elbo``, ``ess`` from the sampler's own importance
   weights when it exposes ``log_weights`` (PIS/DDS: exact path weights, no marginal density).
-* A target without a reference (LJ-55 before ``python -m targets.make_reference lj55``) gives NaN
+* A target without a reference (LJ-55 before ``python -m runners.make_reference lj55``) gives NaN
   reference metrics and ``reference_source = "missing"`` with the reason.
 * The target's evaluation counters are restored afterwards: metric energies never count as the
   sampler's spending.
