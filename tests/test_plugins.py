@@ -116,6 +116,7 @@ def test_target_entry_point_discovered_and_checked(tmp_path, monkeypatch, clean_
     assert "gausspkg 1.0" in targets.source("gauss2")
     lines = check.check_target("gauss2")
     assert [str(x) for x in lines if not x.ok] == []
+    assert check.main(["target=gauss2"]) == 0  # the guide's command
     # and a packaged sampler runs on it through the same check
     assert [str(x) for x in check.check_sampler(samplers.get("mala"), "gauss2") if not x.ok] == []
 
@@ -172,6 +173,8 @@ def test_guide_commands_end_to_end(tmp_path):
     require_example()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     run = dict(cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    helptext = subprocess.run([sys.executable, "-m", "runners.grid", "--help"], **run)
+    assert "sampler ula: distribution ula-plugin 0.1.0" in helptext.stdout
     chk = subprocess.run([sys.executable, "-m", "runners.check", "sampler=ula"], **run)
     assert chk.returncode == 0, chk.stdout[-3000:]
     assert "SKIP  [lj13]" in chk.stdout and " 0 failed" in chk.stdout
