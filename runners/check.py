@@ -114,7 +114,8 @@ def _class_lines(cls) -> list[Line]:
         out.append(Line("Config is a dataclass", False, f"got {cfg!r}"))
         return out
     hints = typing.get_type_hints(cfg)
-    untyped = [f.name for f in dataclasses.fields(cfg) if hints.get(f.name, typing.Any) is typing.Any]
+    untyped = [f.name for f in dataclasses.fields(cfg)
+               if hints.get(f.name, typing.Any) is typing.Any]
     out.append(Line("Config fields typed", not untyped,
                     f"untyped: {untyped}" if untyped else f"{len(hints)} typed fields"))
     try:
@@ -254,12 +255,14 @@ def check_target(name: str) -> list[Line]:
                     t.counter.energy_evals - before == 8, f"{t.counter.energy_evals - before}"))
     e3 = t.energy(x.reshape(2, 4, t.dim))
     out.append(Line("energy([2, 4, dim]) -> [2, 4], same values", tuple(e3.shape) == (2, 4)
-                    and torch.allclose(e3.reshape(8), e, rtol=1e-5, atol=1e-4), f"{tuple(e3.shape)}"))
+                    and torch.allclose(e3.reshape(8), e, rtol=1e-5, atol=1e-4),
+                    f"{tuple(e3.shape)}"))
     before_e, before_g = t.counter.energy_evals, t.counter.grad_evals
     e2, grad = t.energy_and_grad(x)
     out.append(Line("energy_and_grad counts energy and gradient per configuration",
                     (t.counter.energy_evals - before_e, t.counter.grad_evals - before_g) == (8, 8),
-                    f"+{t.counter.energy_evals - before_e} energy, +{t.counter.grad_evals - before_g} grad"))
+                    f"+{t.counter.energy_evals - before_e} energy, "
+                    f"+{t.counter.grad_evals - before_g} grad"))
     rel = float((e2 - e).abs().max() / e.abs().max().clamp_min(1.0))
     out.append(Line("energy_and_grad energy equals energy() (relative 1e-5)", rel < 1e-5,
                     f"max relative difference {rel:.2e}"))

@@ -155,7 +155,7 @@ def load(modules=()) -> tuple[str, ...]:
 
 
 def describe() -> list[str]:
-    """``--help`` lines: every sampler/target not built in, with where it came from, and failures."""
+    """``--help`` lines: every sampler/target not built in, where it came from, and failures."""
     lines = []
     for kind, reg in (("sampler", samplers), ("target", targets)):
         for name in reg.names():

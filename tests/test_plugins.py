@@ -99,7 +99,8 @@ def test_broken_plugin_reported_and_others_work(tmp_path, monkeypatch, clean_reg
 
 
 def test_name_clash_names_both_sources(tmp_path, monkeypatch, clean_registries):
-    code = "class Mala:\n    name = 'mala'\n    pretty_name = 'other MALA'\n    has_log_prob = False\n"
+    code = ("class Mala:\n    name = 'mala'\n    pretty_name = 'other MALA'\n"
+            "    has_log_prob = False\n")
     _fake_dist(tmp_path, "clashpkg", "[boltzbench.samplers]\nmala = clashmod:Mala\n",
                {"clashmod": code})
     monkeypatch.syspath_prepend(str(tmp_path))

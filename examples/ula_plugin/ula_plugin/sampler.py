@@ -47,7 +47,8 @@ class ULA:
     def fit(self, target, budget: Budget, generator: torch.Generator) -> dict:
         cfg, self.target = self.config, target
         clock = budget.start(target)  # reads the target's own counter: every energy call counts
-        x = self._mean_free(cfg.init_scale * torch.randn(cfg.n_chains, target.dim, generator=generator))
+        x = cfg.init_scale * torch.randn(cfg.n_chains, target.dim, generator=generator)
+        x = self._mean_free(x)
         states, steps = [], 0
         while not clock.exhausted(steps) and clock.allows(cfg.n_chains):
             _, grad = target.energy_and_grad(x)  # n_chains energy+gradient evaluations
