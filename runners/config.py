@@ -12,16 +12,14 @@ Profiles are YAML files of values only (runners/profiles/smoke.yaml documents th
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from . import plugins as _plugins
 
 import metrics
 import samplers
@@ -31,7 +29,7 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 LAUNCHERS = ("auto", "local", "slurm", "debug")
 BUDGET_KEYS = ("max_energy_evals", "max_seconds", "max_steps")
 PROFILE_KEYS = ("seeds", "n_eval", "budget", "metric_options", "samplers", "description")
-PLUGINS_ENV = "BOLTZBENCH_PLUGINS"
+PLUGINS_ENV = _plugins.PLUGINS_ENV
 
 
 class ConfigError(ValueError):
@@ -68,6 +66,7 @@ class GridConfig:
     collect: bool = True            # write results.csv, tables and figures at the end
     figures: bool = True            # with collect: also the figures (the slowest part)
     yes: bool = False               # skip the confirmation prompt of an unprofiled (paper) run
+    plugins: Any = None             # extra sampler/target modules or .py files: "mod,path/x.py"
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
@@ -90,26 +89,17 @@ class Grid:
 
 
 # ---------------------------------------------------------------------------- plugins
-def plugin_modules() -> tuple[str, ...]:
-    """Extra sampler modules named in $BOLTZBENCH_PLUGINS (comma-separated module names or .py
-    paths). Used by the tests to register samplers users never see in ``samplers=all``."""
-    return tuple(p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip())
+def plugin_modules(cli=None) -> tuple[str, ...]:
+    """``plugins=`` (module names or .py paths) merged with $BOLTZBENCH_PLUGINS (runners/plugins.py)."""
+    return _plugins.requested(cli)
 
 
 def load_plugins(mods: tuple[str, ...]) -> None:
-    for mod in mods:
-        if mod.endswith(".py"):
-            name = Path(mod).stem
-            if name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(name, mod)
-            if spec is None or spec.loader is None:
-                raise ConfigError(f"{PLUGINS_ENV}: cannot import {mod!r}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            importlib.import_module(mod)
+    """Installed entry points plus ``mods``; workers call this with the grid's list."""
+    try:
+        _plugins.load(mods)
+    except (_plugins.PluginError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- sampler configs
@@ -286,9 +276,9 @@ def grid_fields() -> list[str]:
 
 def parse(argv: list[str]) -> Grid:
     """Validate the command line into a :class:`Grid` (raises ConfigError; writes nothing)."""
-    plugins = plugin_modules()
-    load_plugins(plugins)
     tree = split_tokens(argv)
+    plugins = plugin_modules(tree.get("plugins"))
+    load_plugins(plugins)
     sampler_names = samplers.names()
     grid_part, cli_sampler = {}, {}
     for key, value in tree.items():

@@ -35,7 +35,7 @@ import targets
 from targets.data import OFFLINE_ENV
 
 from . import config as cfgmod
-from . import references, rows, scoring
+from . import plugins, references, rows, scoring
 from .cell import CellSpec
 from .launch import Interrupted, Progress, dispatch, resolve_launcher
 from .lock import LockHeld, RunLock, remove_stale_claims
@@ -56,11 +56,14 @@ HELP = {
     "collect": "write results.csv, tables and figures at the end",
     "figures": "with collect: also the figures",
     "yes": "do not ask before an unprofiled (paper) run",
+    "plugins": "extra sampler/target modules or .py files (mod,path/x.py); installed entry points "
+               "load by themselves",
 }
 
 
-def help_text() -> str:
-    cfgmod.load_plugins(cfgmod.plugin_modules())
+def help_text(argv: list[str] | None = None) -> str:
+    cli = [a.split("=", 1)[1] for a in (argv or []) if a.startswith("plugins=")]
+    cfgmod.load_plugins(cfgmod.plugin_modules(",".join(cli) or None))
     g = cfgmod.GridConfig()
     lines = [__doc__.strip(), "", "Options (key=value, omegaconf syntax):"]
     for f in dataclasses.fields(cfgmod.GridConfig):
@@ -76,6 +79,10 @@ def help_text() -> str:
         cls = samplers.get(name)
         keys = ", ".join(cfgmod.config_keys(name))
         lines.append(f"  {name} ({getattr(cls, 'pretty_name', name)}): {keys}")
+    plugin_lines = plugins.describe()
+    if plugin_lines:
+        lines.append("Plugins (entry points boltzbench.samplers / boltzbench.targets, plugins=):")
+        lines += plugin_lines
     builtin = sorted(p.stem for p in cfgmod.PROFILE_DIR.glob("*.yaml"))
     lines.append("Profiles: " + ", ".join(builtin) + " or path/to/preset.yaml")
     lines.append("")
@@ -139,10 +146,12 @@ def estimate(grid: cfgmod.Grid, specs: list[CellSpec], workers: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text())
+        print(help_text(argv))
         return 0
     try:
         grid = cfgmod.parse(argv)
+        for failure in plugins.FAILURES:  # reported; the other samplers run as usual
+            print(f"warning: {failure.message()}", file=sys.stderr)
         launcher = resolve_launcher(grid.config.launcher)
         if launcher == "slurm" and not (shutil.which("srun") and shutil.which("sbatch")):
             raise cfgmod.ConfigError("launcher: got 'slurm' but srun/sbatch are not on the PATH; "
@@ -283,7 +292,7 @@ def _collected_after_rows(out: Path) -> bool:
 
 def rescore_finished(cells: list) -> int:
     """Finished cells scored while their target had no reference (e.g. LJ-55 before
-    ``python -m targets.make_reference lj55``): score their saved samples again when the
+    ``python -m runners.make_reference lj55``): score their saved samples again when the
     reference now exists. Returns how many were rescored."""
     done, cache = 0, {}
     for spec, row in cells:

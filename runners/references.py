@@ -25,7 +25,7 @@ FIX = {
            "allow the download (unset BOLTZBENCH_OFFLINE, network to raw.githubusercontent.com)",
     "lj13": "set BOLTZBENCH_DATA to a folder holding test_split_LJ13-1000.npy and "
             "val_split_LJ13-1000.npy, or allow the download (unset BOLTZBENCH_OFFLINE)",
-    "lj55": "build our long-MCMC reference once: `python -m targets.make_reference lj55` "
+    "lj55": "build our long-MCMC reference once: `python -m runners.make_reference lj55` "
             "(converges in about 7-9 minutes on one thread of a 2-core machine; writes to ~/.cache/boltzbench), or put the "
             "official test_split_LJ55-1000-part1.npy in BOLTZBENCH_DATA",
 }

@@ -12,7 +12,7 @@ write the same columns. Protocol (documented in the README of runners):
   the sampler has ``log_prob``; ``log_z``, ``elbo_path``, ``ess_path`` from the sampler's own
   path-space importance weights when it exposes ``log_weights`` (PIS/DDS: exact path weights, no
   marginal density; metrics/density.py says why they get columns of their own).
-* A target without a reference (LJ-55 before ``python -m targets.make_reference lj55``) gives NaN
+* A target without a reference (LJ-55 before ``python -m runners.make_reference lj55``) gives NaN
   reference metrics and ``reference_source = "missing"`` with the reason.
 * The target's evaluation counters are restored afterwards: metric energies never count as the
   sampler's spending.

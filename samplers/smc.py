@@ -153,7 +153,7 @@ class SMC:
     @classmethod
     def tiny_config(cls, target):
         """Fits and samples in well under a second (contract tests)."""
-        return SMCConfig(n_chains=16, steps_per_temp=2, max_temps=5, thinning=2)
+        return SMCConfig(n_chains=16, steps_per_temp=1, max_temps=40, thinning=2)
 
     def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:
         if not isinstance(budget, Budget):

@@ -173,7 +173,7 @@ def allow_unconverged() -> bool:
 class LJ55(LennardJones):
     """LJ-55. The official split files are not redistributed offline: when a user has
     ``{test,val}_split_LJ55-1000-part1.npy`` it is used (sha256 recorded, no published hash to
-    check); otherwise our own long-MCMC reference written by ``python -m targets.make_reference``,
+    check); otherwise our own long-MCMC reference written by ``python -m runners.make_reference``,
     refused unless its provenance says it converged (or ``BOLTZBENCH_ALLOW_UNCONVERGED=1``);
     ``reference_info`` then carries ``reference_converged``. docs/metrics.md compares the two."""
 
@@ -204,14 +204,14 @@ class LJ55(LennardJones):
                 f"lj55: no reference for split {split!r}: neither the official "
                 f"{self.reference_files[split]} nor our {self.mcmc_file(split)} is in "
                 f"{[str(d) for d in data.candidate_dirs(self.data_dir)]}. Build one with "
-                f"`python -m targets.make_reference lj55` (writes to the cache) or set BOLTZBENCH_DATA.")
+                f"`python -m runners.make_reference lj55` (writes to the cache) or set BOLTZBENCH_DATA.")
         meta = self._provenance(ours)
         digest = data.sha256_of(ours)
         if meta.get("sha256") != digest:
             raise data.ReferenceCorrupt(
                 f"lj55: {ours} has sha256 {digest} but its provenance {ours.with_suffix('.json')} "
                 f"records {meta.get('sha256')}: the file changed after it was made; rebuild it with "
-                f"`python -m targets.make_reference lj55`.")
+                f"`python -m runners.make_reference lj55`.")
         converged = self._check_verdict(ours, meta)
         return torch.as_tensor(data.load_array(ours, self.dim), dtype=torch.float32), {
             "reference_source": "mcmc", "reference_file": ours.name, "reference_sha256": digest,
@@ -231,7 +231,7 @@ class LJ55(LennardJones):
             f"lj55: our reference {path} did not pass its convergence check "
             f"({why or 'no verdict recorded in ' + str(path.with_suffix('.json'))}), so metrics "
             f"against it would measure the reference's error too. Rebuild it with "
-            f"`python -m targets.make_reference lj55` (raise --max-steps if the build says so), or "
+            f"`python -m runners.make_reference lj55` (raise --max-steps if the build says so), or "
             f"set {ALLOW_UNCONVERGED_ENV}=1 to score against it anyway (rows then carry "
             f"reference_converged=false).")
 
@@ -239,7 +239,7 @@ class LJ55(LennardJones):
     def _provenance(path) -> dict:
         """Our reference's provenance record (written beside it by make_reference)."""
         meta_path = path.with_suffix(".json")
-        fix = "rebuild it with `python -m targets.make_reference lj55`"
+        fix = "rebuild it with `python -m runners.make_reference lj55`"
         if not meta_path.is_file():
             raise data.ReferenceCorrupt(f"lj55: {path} has no provenance record {meta_path}, so "
                                         f"nothing says how it was made or that it is intact; {fix}")

@@ -11,8 +11,8 @@ import torch
 import targets
 from samplers.diagnostics import ess, mcse_mean, split_rhat
 from targets import data
-from targets import make_reference
-from targets.make_reference import icosahedral_cluster, initial_states, main
+from runners import make_reference
+from runners.make_reference import icosahedral_cluster, initial_states, main
 
 
 # ----------------------------------------------------------------------------- diagnostics

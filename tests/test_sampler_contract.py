@@ -1,9 +1,13 @@
 """Contract tests generated from the registries: every registered sampler x every target.
 
-Each case fits with a tiny budget, then checks what the runner relies on: ``sample(n)`` returns
-``n`` rows ``[n, dim]``, float32, CPU, finite, mean-free for particle targets; two fits with the
-same seed give identical samples; the energy cap is respected; ``log_prob`` / ``log_weights``
-behave where declared. LJ-55 runs without any reference set (none is read here).
+Each case runs :func:`runners.check.check_sampler`, the code behind ``python -m runners.check``,
+so the command third-party authors run and these tests cannot drift apart. It fits with a tiny
+budget and checks what the runner relies on: ``sample(n)`` returns ``n`` rows ``[n, dim]``,
+float32, CPU, finite, not degenerate (spread > 0, not all rows equal), mean-free for particle
+targets; the target's counter equals an independent count of the energy calls (fit and sample);
+the energy cap is respected; two fits with the same generator seeds give identical samples under
+different global seeds; ``log_prob`` / ``log_weights`` / ``state_dict`` behave where declared.
+LJ-55 runs without any reference set (none is read here).
 
 Convention for sampler authors (how a new sampler joins these tests without editing this file):
 
@@ -29,14 +33,17 @@ import torch
 
 import samplers
 import targets
-from samplers import Budget
+from runners import check
 
-# Fallback tiny configs for samplers without ``tiny_config`` (name -> Config fields).
-CONTRACT_CONFIGS: dict[str, dict] = {}
 # (sampler, target) pairs measured above ~3 s per case on one core.
 SLOW_CASES: set[tuple[str, str]] = {("idem", "lj55")}  # ~10 s (EGNN on 55 particles)
-BUDGET = Budget(max_energy_evals=3001, max_steps=60)  # tiny; 3001: not a multiple of any batch
-N = 64
+# Known contract failures, kept visible: strict, so a fix turns them into a failure to remove here.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("smc", "lj55"): "samples degenerate: at the contract's 3001 evaluations the tempering "
+                     "schedule is truncated, the MALA kernel freezes (acceptance 0) and all 64 "
+                     "samples are one configuration (measured with max_temps 5 and 40; rwm kernel "
+                     "gives 26 distinct rows)",
+}
 
 
 def _package_samplers() -> list[str]:
@@ -47,21 +54,9 @@ def _cases():
     for s in _package_samplers():
         for t in targets.names():
             marks = [pytest.mark.slow] if (s, t) in SLOW_CASES else []
+            if (s, t) in KNOWN_FAILURES:
+                marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[(s, t)], strict=True))
             yield pytest.param(s, t, marks=marks, id=f"{s}-{t}")
-
-
-def _config(cls, target):
-    if hasattr(cls, "tiny_config"):
-        return cls.tiny_config(target)
-    return cls.Config(**CONTRACT_CONFIGS.get(cls.name, {}))
-
-
-def _fit_and_sample(cls, target, seed: int):
-    sampler = cls(_config(cls, target))
-    info = sampler.fit(target, BUDGET, torch.Generator().manual_seed(seed))
-    fit_evals = target.counter.energy_evals
-    x = sampler.sample(N, torch.Generator().manual_seed(seed + 1))
-    return sampler, info, fit_evals, x
 
 
 @pytest.fixture(autouse=True)
@@ -74,42 +69,16 @@ def _one_thread():
 
 @pytest.mark.parametrize("sampler_name,target_name", list(_cases()))
 def test_sampler_contract(sampler_name, target_name):
-    cls = samplers.get(sampler_name)
-    target = targets.get(target_name)
-    supports = getattr(cls, "supports", None)
-    verdict = supports(target) if callable(supports) else True
-    if verdict is not True:
-        pytest.skip(str(verdict) or "not supported")
-    for attr in ("name", "pretty_name", "has_log_prob", "Config"):
-        assert hasattr(cls, attr), f"{sampler_name} lacks class attribute {attr}"
-    assert isinstance(cls.has_log_prob, bool)
+    try:
+        lines = check.check_sampler(samplers.get(sampler_name), target_name)
+    except check.Skip as why:
+        pytest.skip(str(why))
+    failed = [str(line) for line in lines if not line.ok]
+    assert not failed, "\n".join(failed)
+    assert len(lines) >= 15  # every requirement ran (a short list means one was left out)
 
-    sampler, info, fit_evals, x = _fit_and_sample(cls, target, seed=11)
-    assert isinstance(info, dict)
-    # Health keys every sampler reports (samplers/base.py; runners/cell.py copies them to the row).
-    assert info.get("budget_binding") in samplers.BINDINGS, info.get("budget_binding")
-    assert isinstance(info.get("warnings"), list)
-    assert all(isinstance(w, str) for w in info["warnings"])
-    assert cls.Config().validate() is None  # the grid parser's call: defaults are valid
-    slack = int(getattr(cls, "budget_slack_evals", 0))
-    assert fit_evals <= BUDGET.max_energy_evals + slack, (fit_evals, slack)
 
-    assert isinstance(x, torch.Tensor) and x.shape == (N, target.dim)
-    assert x.dtype == torch.float32 and x.device.type == "cpu"
-    assert torch.isfinite(x).all()
-    if target.n_particles is not None:
-        assert target.particles(x).mean(-2).abs().max() < 1e-4, "particle samples must be mean-free"
-    assert sampler.sample(1, torch.Generator().manual_seed(0)).shape == (1, target.dim)
-
-    if cls.has_log_prob:
-        lp = sampler.log_prob(x)
-        assert lp.shape == (N,) and torch.isfinite(lp).all()
-    if getattr(cls, "has_importance_weights", False):
-        xw, log_w = sampler.log_weights(N, torch.Generator().manual_seed(3))
-        assert xw.shape == (N, target.dim) and xw.dtype == torch.float32
-        assert log_w.shape == (N,) and not torch.isnan(log_w).any()
-
-    # Same seed, fresh sampler and target: identical samples.
-    _, _, fit_evals2, x2 = _fit_and_sample(cls, targets.get(target_name), seed=11)
-    assert fit_evals2 == fit_evals
-    assert torch.equal(x, x2), "two fits with the same generator seed must give identical samples"
+@pytest.mark.parametrize("target_name", targets.names())
+def test_target_contract(target_name):
+    failed = [str(line) for line in check.check_target(target_name) if not line.ok]
+    assert not failed, "\n".join(failed)

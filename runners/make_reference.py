@@ -1,10 +1,10 @@
 """Reference sample sets by long MCMC, with provenance, and a check of the shipped ones.
 
-    python -m targets.make_reference lj55 [--chains N] [--steps S] [--round-steps R]
+    python -m runners.make_reference lj55 [--chains N] [--steps S] [--round-steps R]
         [--max-steps M] [--rounds K] [--burn-in B] [--thin T] [--step-size h]
         [--kernel mala|hmc|rwm] [--leapfrog L] [--seed s] [--out DIR] [--split test|val] [--n N]
-    python -m targets.make_reference check dw4|lj13 [same options but the round ones]
-    python -m targets.make_reference crosscheck lj55 [--out DIR] [--n N]
+    python -m runners.make_reference check dw4|lj13 [same options but the round ones]
+    python -m runners.make_reference crosscheck lj55 [--out DIR] [--n N]
 
 Build: many parallel chains of a kernel from :mod:`samplers.kernels` (the same steps the MCMC
 baselines use; energies only through ``target.energy_and_grad``), started from independent
@@ -25,6 +25,9 @@ Check: a fresh run on DW-4 / LJ-13 compared with the shipped test split by energ
 and energy W1, next to the same numbers for the shipped val split as a yardstick. Crosscheck: our
 LJ-55 reference against the official split where a user has it (energy W1, energy TV,
 interatomic-distance TV, val-vs-test yardstick); also run after every LJ-55 test build.
+
+A runner, not part of ``targets``: it uses the MCMC kernels (samplers) and the metrics, and
+targets import neither (tests/test_layering.py holds the packages to that order).
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ import torch
 from samplers import kernels
 from samplers.diagnostics import ess, mcse_mean, split_rhat
 
-from . import data, get
+from metrics import get as metric
+from targets import data, get
 
 KERNELS = ("hmc", "mala", "rwm")
 BUILD_TARGETS = ("lj55", "lj13", "dw4")
@@ -302,12 +306,14 @@ def steps_needed(diag: dict, kept_steps: int, criteria: Criteria) -> float:
 
 # ----------------------------------------------------------------------------- files
 def code_version() -> dict:
-    """Git commit of this checkout and the files under targets/ or samplers/ that differ from it."""
+    """Git commit of this checkout and the files under targets/, samplers/ or this builder that
+    differ from it."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "targets", "samplers"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "targets", "samplers",
+                                "runners/make_reference.py"],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         head, dirty = "unknown", ""
@@ -461,7 +467,7 @@ def build(args, log=print) -> int:
             "diagnostics": diag, "energy_evals": target.counter.energy_evals,
             "grad_evals": target.counter.grad_evals, "wall_seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - c0, "torch_threads": args.threads,
-            "command": "python -m targets.make_reference " + " ".join(args.argv),
+            "command": "python -m runners.make_reference " + " ".join(args.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     npy, meta = write_reference(x, prov, out, target.name, args.split)
     log(json.dumps({"file": str(npy), "provenance": str(meta), "converged": diag["converged"],
@@ -487,7 +493,6 @@ def _is_converged_reference(meta_path: Path) -> bool:
 def compare_energies(target, fresh: torch.Tensor, m: int) -> dict:
     """Energy TV (spec v1, 200 bins on the reference) and energy W1 of ``fresh`` vs the shipped
     test split, and of the shipped val split vs test as a yardstick; ``m`` rows of each."""
-    from metrics import get as metric  # local: metrics imports targets
 
     test, val = target.reference("test"), target.reference("val")
     m = min(m, fresh.shape[0], test.shape[0], val.shape[0])
@@ -529,7 +534,7 @@ def check(args, log=print) -> dict:
     report = {"format": "boltzbench-reference-check/1", **target.describe(), **settings,
               "diagnostics": diag, "comparison": cmp, "mean_energy_z": z,
               "verdict": verdict, "wall_seconds": time.perf_counter() - t0,
-              "command": "python -m targets.make_reference " + " ".join(args.argv)}
+              "command": "python -m runners.make_reference " + " ".join(args.argv)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"check_{target.name}.json"
     _atomic_write(path, lambda f: f.write(json.dumps(report, indent=2).encode()))
@@ -554,7 +559,6 @@ def compare_with_official(target, ours: torch.Tensor, test: torch.Tensor, val: t
     combines our MCSE (if given) with the official test set's standard error (its rows treated as
     independent, so |z| is if anything overstated). Verdict: consistent when every ratio <= 2
     and |z| <= 4, the thresholds ``check`` uses for DW-4/LJ-13."""
-    from metrics import get as metric  # local: metrics imports targets
 
     m = min(m or math.inf, ours.shape[0], test.shape[0], val.shape[0])
     sets = {k: target.remove_mean(v[:m].float()) for k, v in
@@ -599,11 +603,11 @@ def crosscheck(out_dir: Path, log=print, data_dir=None, m: int | None = None) ->
         return None
     if not ours_path.is_file():
         raise data.ReferenceMissing(f"cross-check: no {ours_path}; build it with "
-                                    f"`python -m targets.make_reference lj55 --out {out_dir}`")
+                                    f"`python -m runners.make_reference lj55 --out {out_dir}`")
     meta = get("lj55")._provenance(ours_path)
     if meta.get("sha256") != data.sha256_of(ours_path):
         raise data.ReferenceCorrupt(f"cross-check: {ours_path} does not match the sha256 in its "
-                                    f"provenance; rebuild it with `python -m targets.make_reference "
+                                    f"provenance; rebuild it with `python -m runners.make_reference "
                                     f"lj55 --out {out_dir}`")
     arrays = [torch.as_tensor(data.load_array(f, target.dim), dtype=torch.float32)
               for f in (ours_path, *found)]
@@ -642,7 +646,7 @@ def _parser() -> argparse.ArgumentParser:
             ("--out", str, None, "output folder (default: targets.data.cache_dir())"),
             ("--threads", int, 1, "torch threads")]:
         common.add_argument(flag, type=typ, default=default, help=text)
-    p = argparse.ArgumentParser(prog="python -m targets.make_reference",
+    p = argparse.ArgumentParser(prog="python -m runners.make_reference",
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", parents=[common], help="build a reference set")

@@ -1,0 +1,347 @@
+"""Conformance check of a sampler or target against the benchmark's protocol, on tiny budgets.
+
+    python -m runners.check sampler=ula                       # a registered name (entry point)
+    python -m runners.check sampler=mypkg.sampler:MySampler   # or module:Class, file.py:Class
+    python -m runners.check sampler=ula targets=gmm40,dw4     # default: every registered target
+    python -m runners.check target=lj13                       # a target: energies, counters, ...
+
+One line per requirement: ``PASS``/``FAIL``, the requirement, and what was seen. Exit status 0
+only when every line passes, 1 when one fails, 2 for bad input. The project's contract tests
+(tests/test_sampler_contract.py, tests/test_targets.py) call :func:`check_sampler` and
+:func:`check_target`, so the command and the tests cannot drift apart.
+
+Energy evaluations are counted twice: by the target's own counter (what the runner reports) and by
+:class:`IndependentCount`, a wrapper around the target's private ``_energy``/``_energy_and_grad``
+that counts configurations itself; a sampler that reaches the energy without being charged (a
+private call, a second code path) shows as a difference.
+
+Conventions a sampler may use (see docs/adding-a-sampler.md): ``tiny_config(target)``
+(classmethod, a config that fits in about a second), ``budget_slack_evals`` (evaluations ``fit``
+may spend beyond the cap), ``supports(target)`` (True or the reason it cannot run).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import io
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import samplers
+import targets
+from samplers import Budget
+
+from . import plugins
+
+BUDGET = Budget(max_energy_evals=3001, max_steps=60)  # 3001: not a multiple of any batch size
+N = 64
+
+
+@dataclass(frozen=True)
+class Line:
+    requirement: str
+    ok: bool
+    seen: str
+    where: str = ""   # the target a sampler was checked on
+
+    def __str__(self) -> str:
+        where = f"[{self.where}] " if self.where else ""
+        return f"{'PASS' if self.ok else 'FAIL'}  {where}{self.requirement}: {self.seen}"
+
+
+class Skip(Exception):
+    """The sampler declares (``supports``) that it cannot run on this target."""
+
+
+# ------------------------------------------------------------------------- independent counting
+class IndependentCount:
+    """Counts the configurations that reach ``target._energy`` / ``_energy_and_grad``, without
+    the target's counter. The outermost call counts (the autograd gradient calls ``_energy``
+    inside ``_energy_and_grad``; that is one evaluation, not two)."""
+
+    def __init__(self, target):
+        self.n = 0
+        self._depth = 0
+        for attr in ("_energy", "_energy_and_grad"):
+            setattr(target, attr, self._wrap(getattr(target, attr)))
+
+    def _wrap(self, fn):
+        def counted(x, *args, **kwargs):
+            if self._depth == 0:
+                self.n += int(x[..., 0].numel())
+            self._depth += 1
+            try:
+                return fn(x, *args, **kwargs)
+            finally:
+                self._depth -= 1
+        return counted
+
+
+# ------------------------------------------------------------------------- sampler checks
+def _config(cls, target):
+    tiny = getattr(cls, "tiny_config", None)
+    return tiny(target) if callable(tiny) else cls.Config()
+
+
+def _run(cls, target_name: str, seed: int, global_seed: int, budget: Budget, n: int):
+    """One fit and sample on a fresh target; the global RNG is reseeded first (and restored)."""
+    state = torch.get_rng_state()
+    torch.manual_seed(global_seed)
+    try:
+        target = targets.get(target_name)
+        count = IndependentCount(target)
+        sampler = cls(_config(cls, target))
+        info = sampler.fit(target, budget, torch.Generator().manual_seed(seed))
+        fit = (target.counter.energy_evals, count.n)
+        x = sampler.sample(n, torch.Generator().manual_seed(seed + 1))
+        sample = (target.counter.energy_evals - fit[0], count.n - fit[1])
+    finally:
+        torch.set_rng_state(state)
+    return sampler, target, info, fit, sample, x
+
+
+def _class_lines(cls) -> list[Line]:
+    out = []
+    missing = [a for a in ("name", "pretty_name", "has_log_prob", "Config") if not hasattr(cls, a)]
+    out.append(Line("class attributes name, pretty_name, has_log_prob, Config", not missing,
+                    f"missing {missing}" if missing else "all present"))
+    cfg = getattr(cls, "Config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        out.append(Line("Config is a dataclass", False, f"got {cfg!r}"))
+        return out
+    hints = typing.get_type_hints(cfg)
+    untyped = [f.name for f in dataclasses.fields(cfg)
+               if hints.get(f.name, typing.Any) is typing.Any]
+    out.append(Line("Config fields typed", not untyped,
+                    f"untyped: {untyped}" if untyped else f"{len(hints)} typed fields"))
+    try:
+        verdict = cfg().validate() if hasattr(cfg, "validate") else "no validate() method"
+    except Exception as exc:  # noqa: BLE001 - reported as the line's finding
+        verdict = f"defaults rejected: {type(exc).__name__}: {exc}"
+    out.append(Line("Config.validate() exists and accepts the defaults", verdict is None,
+                    "ok" if verdict is None else str(verdict)))
+    return out
+
+
+def _sample_lines(sampler, target, x, n: int) -> list[Line]:
+    out = []
+    ok = isinstance(x, torch.Tensor) and tuple(x.shape) == (n, target.dim)
+    out.append(Line(f"sample({n}) shape [{n}, {target.dim}]", ok,
+                    f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"))
+    if not ok:
+        return out
+    out.append(Line("float32 on cpu", x.dtype == torch.float32 and x.device.type == "cpu",
+                    f"{x.dtype} on {x.device}"))
+    finite = bool(torch.isfinite(x).all())
+    out.append(Line("samples finite", finite, f"{int((~torch.isfinite(x)).sum())} non-finite"))
+    spread = x.double().std(0) if finite else torch.full((target.dim,), float("nan"))
+    distinct = int(torch.unique(x, dim=0).shape[0])
+    ok = bool(torch.isfinite(spread).all()) and float(spread.max()) > 1e-6 and distinct > 1
+    out.append(Line("samples not degenerate (spread > 0, not all equal)", ok,
+                    f"max per-coordinate std {float(spread.max()):.3g}, {distinct} distinct rows"))
+    if target.n_particles is not None:
+        drift = float(target.particles(x).mean(-2).abs().max())
+        out.append(Line("particle samples mean-free (|mean| < 1e-4)", drift < 1e-4,
+                        f"max |particle mean| {drift:.2e}"))
+    one = sampler.sample(1, torch.Generator().manual_seed(0))
+    out.append(Line(f"sample(1) shape [1, {target.dim}]", tuple(one.shape) == (1, target.dim),
+                    f"{tuple(one.shape)}"))
+    return out
+
+
+def check_sampler(cls, target_name: str, budget: Budget = BUDGET, n: int = N) -> list[Line]:
+    """Every requirement for sampler class ``cls`` on target ``target_name``; raises
+    :class:`Skip` where the sampler's ``supports`` declines the target."""
+    out = _class_lines(cls)
+    if not all(line.ok for line in out):
+        return out
+    supports = getattr(cls, "supports", None)
+    verdict = supports(targets.get(target_name)) if callable(supports) else True
+    if verdict is not True:
+        raise Skip(str(verdict) or "not supported")
+    sampler, target, info, fit, spent, x = _run(cls, target_name, 11, 1, budget, n)
+
+    ok = isinstance(info, dict) and info.get("budget_binding") in samplers.BINDINGS
+    out.append(Line("fit returns info['budget_binding'] in " + "/".join(samplers.BINDINGS), ok,
+                    repr(info.get("budget_binding") if isinstance(info, dict) else info)))
+    w = info.get("warnings") if isinstance(info, dict) else None
+    out.append(Line("fit returns info['warnings'] as a list of str",
+                    isinstance(w, list) and all(isinstance(s, str) for s in w), repr(w)[:120]))
+    out.append(Line("every fit energy evaluation counted (target counter == independent count)",
+                    fit[0] == fit[1], f"counter {fit[0]}, independent {fit[1]}"))
+    out.append(Line("every sample() energy evaluation counted", spent[0] == spent[1],
+                    f"counter {spent[0]}, independent {spent[1]}"))
+    if isinstance(info, dict) and "energy_evals" in info:
+        out.append(Line("info['energy_evals'] equals the independent count",
+                        info["energy_evals"] == fit[1],
+                        f"info {info['energy_evals']}, independent {fit[1]}"))
+    slack = int(getattr(cls, "budget_slack_evals", 0))
+    cap = budget.max_energy_evals
+    if cap is not None:
+        out.append(Line(f"budget respected (fit <= max_energy_evals={cap} + slack {slack})",
+                        fit[1] <= cap + slack, f"{fit[1]} evaluations"))
+    out += _sample_lines(sampler, target, x, n)
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (n, target.dim):
+        return out
+
+    if cls.has_log_prob:
+        lp = sampler.log_prob(x)
+        out.append(Line(f"log_prob(samples) shape [{n}], finite",
+                        tuple(lp.shape) == (n,) and bool(torch.isfinite(lp).all()),
+                        f"{tuple(lp.shape)}, {int((~torch.isfinite(lp)).sum())} non-finite"))
+    if getattr(cls, "has_importance_weights", False):
+        xw, log_w = sampler.log_weights(n, torch.Generator().manual_seed(3))
+        ok = tuple(xw.shape) == (n, target.dim) and tuple(log_w.shape) == (n,) \
+            and not bool(torch.isnan(log_w).any())
+        out.append(Line("log_weights(n): x [n, dim], log_w [n] without NaN", ok,
+                        f"{tuple(xw.shape)}, {tuple(log_w.shape)}"))
+    if hasattr(sampler, "state_dict") and hasattr(sampler, "load_state_dict"):
+        buf = io.BytesIO()
+        torch.save(sampler.state_dict(), buf)
+        buf.seek(0)
+        sampler.load_state_dict(torch.load(buf, weights_only=False))
+        again = sampler.sample(n, torch.Generator().manual_seed(12))
+        ok = torch.equal(again, x)
+        out.append(Line("state_dict saves, loads and samples as before", ok,
+                        "identical samples" if ok else "samples changed after the round trip"))
+
+    # Same generator seeds, different global seed: identical output means no global RNG and
+    # determinism together; only a difference needs a third run to say which failed.
+    _, _, _, fit2, _, x2 = _run(cls, target_name, 11, 2, budget, n)
+    same = torch.equal(x, x2) and fit2 == fit
+    if same:
+        out.append(Line("deterministic under a fixed generator", True, "identical samples"))
+        out.append(Line("no global RNG (torch.manual_seed changes nothing)", True,
+                        "identical samples"))
+    else:
+        _, _, _, fit3, _, x3 = _run(cls, target_name, 11, 1, budget, n)
+        det = torch.equal(x, x3) and fit3 == fit
+        out.append(Line("deterministic under a fixed generator", det,
+                        "identical samples" if det else "two runs with the same seeds differ"))
+        out.append(Line("no global RNG (torch.manual_seed changes nothing)", not det or same,
+                        "samples change with torch.manual_seed" if det else "undecided"))
+    return [dataclasses.replace(line, where=target_name) for line in out]
+
+
+# ------------------------------------------------------------------------- target checks
+def check_target(name: str) -> list[Line]:
+    """Protocol of target ``name``: attributes, shapes, counting, gradient, invariances."""
+    t = targets.get(name)
+    out = []
+    missing = [a for a in ("name", "pretty_name", "dim", "n_particles", "spatial_dim", "log_Z",
+                           "has_exact_samples", "fingerprint", "counter") if not hasattr(t, a)]
+    out.append(Line("attributes of the Target protocol", not missing,
+                    f"missing {missing}" if missing else "all present"))
+    if missing:
+        return out
+    g = torch.Generator().manual_seed(0)
+    x = t.reference("test", n=8, generator=g) if t.has_exact_samples else \
+        0.8 * torch.randn(8, t.dim, generator=g)
+    x = x.float()
+    if t.n_particles is not None:
+        out.append(Line("n_particles * spatial_dim == dim", t.n_particles * t.spatial_dim == t.dim,
+                        f"{t.n_particles} x {t.spatial_dim} vs {t.dim}"))
+        x = t.remove_mean(x)
+    before = t.counter.energy_evals
+    e = t.energy(x)
+    out.append(Line("energy([8, dim]) -> [8], finite, float32",
+                    tuple(e.shape) == (8,) and bool(torch.isfinite(e).all()) and e.dtype == x.dtype,
+                    f"{tuple(e.shape)} {e.dtype}, {int((~torch.isfinite(e)).sum())} non-finite"))
+    out.append(Line("energy counts one evaluation per configuration",
+                    t.counter.energy_evals - before == 8, f"{t.counter.energy_evals - before}"))
+    e3 = t.energy(x.reshape(2, 4, t.dim))
+    out.append(Line("energy([2, 4, dim]) -> [2, 4], same values", tuple(e3.shape) == (2, 4)
+                    and torch.allclose(e3.reshape(8), e, rtol=1e-5, atol=1e-4),
+                    f"{tuple(e3.shape)}"))
+    before_e, before_g = t.counter.energy_evals, t.counter.grad_evals
+    e2, grad = t.energy_and_grad(x)
+    out.append(Line("energy_and_grad counts energy and gradient per configuration",
+                    (t.counter.energy_evals - before_e, t.counter.grad_evals - before_g) == (8, 8),
+                    f"+{t.counter.energy_evals - before_e} energy, "
+                    f"+{t.counter.grad_evals - before_g} grad"))
+    rel = float((e2 - e).abs().max() / e.abs().max().clamp_min(1.0))
+    out.append(Line("energy_and_grad energy equals energy() (relative 1e-5)", rel < 1e-5,
+                    f"max relative difference {rel:.2e}"))
+    xd = x.double().requires_grad_(True)
+    (auto,) = torch.autograd.grad(t._energy(xd).sum(), xd)
+    err = float((grad.double() - auto).abs().max() / auto.abs().max().clamp_min(1.0))
+    out.append(Line("gradient equals autograd of the energy (float64)", err < 1e-3,
+                    f"max relative error {err:.2e}"))
+    lp_err = float((t.log_prob(x) + e).abs().max())
+    out.append(Line("log_prob == -energy", lp_err < 1e-4, f"max diff {lp_err:.2e}"))
+    sc_err = float((t.score(x) + grad).abs().max())
+    out.append(Line("score == -grad energy", sc_err < 1e-4, f"max diff {sc_err:.2e}"))
+    if t.n_particles is not None:
+        shift = torch.randn(t.spatial_dim, generator=g).repeat(t.n_particles)
+        d = float((t.energy(x + shift) - e).abs().max() / e.abs().max().clamp_min(1.0))
+        out.append(Line("energy invariant under a translation of all particles", d < 1e-4,
+                        f"max relative change {d:.2e}"))
+    try:
+        t.energy(torch.zeros(3, t.dim + 1))
+        out.append(Line("energy refuses x of the wrong last dimension", False, "accepted"))
+    except ValueError as exc:
+        out.append(Line("energy refuses x of the wrong last dimension", True, str(exc)[:80]))
+    ok = isinstance(t.fingerprint, str) and t.fingerprint == targets.get(name).fingerprint
+    out.append(Line("fingerprint a stable string", ok, repr(t.fingerprint)))
+    return [dataclasses.replace(line, where=name) for line in out]
+
+
+# ------------------------------------------------------------------------- command line
+def resolve_sampler(spec: str):
+    """A registered name, ``module:Class`` or ``path/file.py:Class``."""
+    if ":" not in spec:
+        return samplers.get(spec)
+    mod, _, attr = spec.rpartition(":")
+    if mod.endswith(".py"):
+        plugins.load((mod,))
+        module = sys.modules[Path(mod).stem]
+    else:
+        module = importlib.import_module(mod)
+    if not hasattr(module, attr):
+        raise KeyError(f"sampler: module {mod!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    bad = [a for a in argv if "=" not in a] + [k for k in opts if k not in
+                                                 ("sampler", "target", "targets", "plugins")]
+    if bad or ("sampler" in opts) == ("target" in opts):
+        print(__doc__.split("\n\n")[1] if any(a in ("-h", "--help") for a in argv) else
+              f"error: expected sampler=<name|module:Class> or target=<name> (one of them), "
+              f"optionally targets=a,b and plugins=mod,file.py; got {argv}", file=sys.stderr)
+        return 0 if any(a in ("-h", "--help") for a in argv) else 2
+    try:
+        plugins.load(plugins.requested(opts.get("plugins")))
+        for f in plugins.FAILURES:
+            print(f"warning: {f.message()}", file=sys.stderr)
+        if "target" in opts:
+            lines = check_target(opts["target"])
+        else:
+            cls = resolve_sampler(opts["sampler"])
+            names = opts.get("targets", ",".join(targets.names())).split(",")
+            for t in names:
+                targets.get(t)  # an unknown name errors before any fit
+            lines = []
+            for t in names:
+                try:
+                    lines += check_sampler(cls, t)
+                except Skip as why:
+                    print(f"SKIP  [{t}] {why}")
+    except (KeyError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    failed = sum(not line.ok for line in lines)
+    print(f"{len(lines) - failed} passed, {failed} failed")
+    return 1 if failed or not lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
