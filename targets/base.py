@@ -88,8 +88,18 @@ class Target:
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) for ``x`` of shape ``[..., dim]``; returns ``[...]``. Charged per configuration."""
         self._check(x)
-        self.counter.energy_evals += _n_configs(x)
-        return self._energy(x)
+        n = _n_configs(x)
+        self.counter.energy_evals += n
+        e = self._energy(x)
+        if e.requires_grad:
+            # A gradient that autograd takes through this energy (a sampler differentiating its
+            # loss through E) is a gradient evaluation of the same configurations: charged when
+            # the backward pass reaches it, once per pass, as energy_and_grad charges its own.
+            e.register_hook(lambda grad: self._charge_grad(n))
+        return e
+
+    def _charge_grad(self, n: int) -> None:
+        self.counter.grad_evals += n
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log p̃(x) = -E(x) (normalised where ``log_Z == 0``)."""

@@ -5,6 +5,7 @@ them on the command line as ``tests/helpers_check.py:Uncounted``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -101,3 +102,79 @@ class Zeros(Good):
 
     def sample(self, n, generator):
         return torch.zeros(n, self.target.dim)
+
+
+class WithDensity(Good):
+    """Standard normal samples (on particles: on the mean-free subspace) with their exact
+    log-density: N(0, I) in any orthonormal basis of the space the samples live in."""
+    name = "t_with_density"
+    has_log_prob = True
+
+    def _d(self):
+        t = self.target
+        return t.dim if t.n_particles is None else (t.n_particles - 1) * t.spatial_dim
+
+    def log_prob(self, x):
+        x = x.double()
+        return (-0.5 * (x * x).sum(-1) - 0.5 * self._d() * math.log(2 * math.pi)).float()
+
+
+class OffByConstant(WithDensity):
+    """log_prob one nat too high (e.g. a log-determinant term dropped)."""
+    name = "t_off_by_constant"
+
+    def log_prob(self, x):
+        return super().log_prob(x) + 1.0
+
+
+class FullSpaceDensity(WithDensity):
+    """Particles: the density of the full N·D-dimensional Gaussian instead of the mean-free
+    subspace one (D/2·log 2π off)."""
+    name = "t_full_space_density"
+
+    def _d(self):
+        return self.target.dim
+
+
+class Stateful(Good):
+    """Fit learns a scale (from the steps it ran); state_dict carries it, and a state loaded
+    before ``fit`` is applied when the target is bound, as the built-in samplers do."""
+    name = "t_stateful"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.scale, self._pending = 1.0, None
+
+    def fit(self, target, budget, generator):
+        info = super().fit(target, budget, generator)
+        self.scale = 1.0 + 0.01 * target.counter.energy_evals / self.config.n_chains
+        if self._pending is not None:
+            self.scale, self._pending = self._pending["scale"], None
+        return info
+
+    def _noise(self, n, generator):
+        return self.scale * super()._noise(n, generator)
+
+    def state_dict(self):
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state):
+        self._pending = dict(state)
+
+
+class ForgetfulState(Stateful):
+    """load_state_dict accepts the state and drops it."""
+    name = "t_forgetful_state"
+
+    def load_state_dict(self, state):
+        pass
+
+
+class AutogradGradient(Good):
+    """Takes the gradient by autograd through the public energy: charged by the target."""
+    name = "t_autograd_gradient"
+
+    def _spend(self, x):
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.target.energy(x).sum(), x)
+        return g

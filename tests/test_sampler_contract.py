@@ -38,12 +38,8 @@ from runners import check
 # (sampler, target) pairs measured above ~3 s per case on one core.
 SLOW_CASES: set[tuple[str, str]] = {("idem", "lj55")}  # ~10 s (EGNN on 55 particles)
 # Known contract failures, kept visible: strict, so a fix turns them into a failure to remove here.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("smc", "lj55"): "samples degenerate: at the contract's 3001 evaluations the tempering "
-                     "schedule is truncated, the MALA kernel freezes (acceptance 0) and all 64 "
-                     "samples are one configuration (measured with max_temps 5 and 40; rwm kernel "
-                     "gives 26 distinct rows)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}  # none at present
+# (SMC on LJ-55 was one until its tiny_config used RWM moves there: samplers/smc.py)
 
 
 def _package_samplers() -> list[str]:
