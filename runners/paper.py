@@ -34,7 +34,7 @@ import torch
 import metrics
 import targets
 
-from . import collect, rows
+from . import collect, paper_cost, rows
 
 THRESHOLD = 2.5
 PUBLISHED = collect.PUBLISHED
@@ -57,6 +57,7 @@ class PaperTable:
     protocol: str
     cost: str
     grid_samplers: tuple[str, ...] = field(default=())
+    budget: str = ""
 
 
 _BLOG = dict(
@@ -64,6 +65,8 @@ _BLOG = dict(
     protocol=("5 runs x 5 batches of 1000 samples, mean ± std over the 25 batches; W2 in raw "
               "coordinates, no alignment (our x_w2); MCMC = Metropolis at iDEM's energy budget "
               "(our rwm in the paper profile, whose budget is one full official iDEM run)"),
+    budget=("iDEM's energy budget: one full official iDEM run per cell (GMM-40 2.56e10, DW-4 and "
+            "LJ-13 5.12e10, LJ-55 2.56e9 energy evaluations; runners/profiles/paper.yaml)"),
     methods={"exact samples": "exact", "MCMC": "rwm", "iDEM": "idem",
              "iEFM": "not comparable: iEFM is not in the suite",
              "long MCMC": "not comparable: the blog's own long-MCMC samples; ours would be the "
@@ -85,9 +88,14 @@ TABLES: dict[str, PaperTable] = {
     "asbs-table2": PaperTable(
         id="asbs-table2", source="asbs-2025-table2", title="ASBS (arXiv 2506.22565) Table 2",
         targets=("dw4", "lj13", "lj55"), runs=3, batches=1, n_samples=2000, reference_set="official",
-        methods={"iDEM": "idem", "PIS": "pis", "DDS": "dds"},
-        protocol=("3 seeds, 2000 samples, alignment-aware W2 and E(.)W2 as ASBS computes them "
-                  "(their eq_w2; not implemented here yet, so every row is not comparable)"),
+        methods={"iDEM": "idem", "PIS": "pis", "DDS": "dds",
+                 **{m: f"not comparable: {m} is not in the suite"
+                    for m in ("PDDS", "SCLD", "LV-PIS", "AS", "ASBS")}},
+        protocol=("3 seeds (mean ± std over the three), 2000 samples against 2000 rows of DEM's "
+                  "test split; W2 = ASBS's aligned eq_w2 (our eq_w2), E-W2 = energy W2 with the "
+                  "root taken (our energy_w2)"),
+        budget=("ASBS trains each method to convergence, its budget unpublished; ours run at the "
+                "paper profile's (iDEM's) energy budget, so a verdict also tests that budget"),
         cost="GPU: one iDEM/PIS/DDS training per seed and target", grid_samplers=("idem", "pis", "dds")),
 }
 
@@ -127,12 +135,38 @@ def exact_sample_values(target_name: str, metric: str, table: PaperTable, seed: 
     return np.array(out)
 
 
+def _ok_rows(results: pd.DataFrame | None, target: str, sampler: str) -> pd.DataFrame:
+    if results is None or results.empty:
+        return pd.DataFrame()
+    return results[(results["target"] == target) & (results["sampler"] == sampler)
+                   & (results.get("status", "ok") == "ok")]
+
+
 def grid_values(results: pd.DataFrame | None, target: str, sampler: str, metric: str) -> np.ndarray:
-    if results is None or results.empty or metric not in results.columns:
+    ok = _ok_rows(results, target, sampler)
+    if ok.empty or metric not in ok.columns:
         return np.array([])
-    ok = results[(results["target"] == target) & (results["sampler"] == sampler)
-                 & (results.get("status", "ok") == "ok")]
     return pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy()
+
+
+def rows_mismatch(results: pd.DataFrame | None, target: str, sampler: str,
+                  table: PaperTable) -> str:
+    """Why our rows cannot stand beside the source's, or "": scored against another reference
+    (LJ-55 without the official file uses our MCMC set) or at another sample count (W2 of finite
+    samples shrinks with n, so 1000-sample rows are not 2000-sample rows)."""
+    ok = _ok_rows(results, target, sampler)
+    if ok.empty:
+        return ""
+    if "reference_source" in ok.columns and table.reference_set == "official":
+        other = sorted(set(ok["reference_source"].dropna().astype(str)) - {"official"})
+        if other:
+            return f"our rows were scored against the '{other[0]}' reference, not the official one"
+    if "n_eval" in ok.columns:
+        n = sorted(set(pd.to_numeric(ok["n_eval"], errors="coerce").dropna().astype(int)))
+        if n and n != [table.n_samples]:
+            return (f"our rows were scored with n_eval={n[0]}, the source with {table.n_samples}: "
+                    f"run with n_eval={table.n_samples}")
+    return ""
 
 
 def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFrame | None,
@@ -156,6 +190,11 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
             vals = exact_sample_values(row["target"], row["metric"], table) if compute_exact \
                 else np.array([])
         else:
+            mismatch = rows_mismatch(results, row["target"], ours_name, table)
+            if mismatch:
+                row.update(verdict="not comparable", reason=mismatch)
+                out.append(row)
+                continue
             vals = grid_values(results, row["target"], ours_name, row["metric"])
         if vals.size == 0:
             row.update(verdict="not run", reason=f"run: python -m runners.paper {table.id} run=true "
@@ -206,13 +245,47 @@ def to_markdown(table: PaperTable, df: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def list_tables() -> str:
-    out = []
-    for t in TABLES.values():
-        out += [f"{t.id}: {t.title}", f"  source: {t.source}; targets: {', '.join(t.targets)}",
-                f"  methods: " + "; ".join(f"{k} -> {v}" for k, v in t.methods.items()),
-                f"  protocol: {t.protocol}", f"  cost: {t.cost}", ""]
-    return "\n".join(out)
+def _method_cell(name: str, ours: str) -> str:
+    return f"{name} -> {ours}" if not ours.startswith("not comparable") else f"{name} (not ours)"
+
+
+def describe(table: PaperTable, published: pd.DataFrame) -> list[str]:
+    """The listing of one table: source, targets x methods, metric definitions (from
+    results/published.csv), protocol, budget, cost here and on one GPU, the command."""
+    pub = published[(published["source"] == table.source)
+                    & published["target"].isin(table.targets)]
+    lines = [f"{table.id}: {table.title}"]
+    ref = pub["source_ref"].dropna().iloc[0] if "source_ref" in pub and len(pub) else ""
+    lines.append(f"  source: {table.source}" + (f" ({ref})" if ref else ""))
+    lines.append("  targets x methods:")
+    for t in table.targets:
+        names = list(dict.fromkeys(pub.loc[pub["target"] == t, "method"]))
+        cells = [_method_cell(m, table.methods.get(m, "not comparable")) for m in names]
+        lines.append(f"    {t}: " + ", ".join(cells))
+    lines.append("  metrics:")
+    defs = pub.drop_duplicates(["source_metric", "metric"])
+    for _, d in defs.iterrows():
+        ours = d["metric"] if isinstance(d["metric"], str) and d["metric"] else "no metric of ours"
+        lines.append(f"    {d['source_metric']} -> {ours}: {d['metric_definition']}")
+    lines += [f"  protocol: {table.n_samples} samples per evaluation, {table.batches} batch(es) "
+              f"per run, {table.runs} runs (seeds); {table.protocol}",
+              f"  budget: {table.budget}", "  cost estimate (runners/paper_cost.py: rates measured "
+              "here, scaled by the budget):"]
+    cells = list(dict.fromkeys(
+        (table.methods.get(m, "not comparable"), t) for m, t in zip(pub["method"], pub["target"])))
+    cells = [c for c in cells if not c[0].startswith("not comparable")]
+    needs_eq = any(pub["metric"].fillna("") == "eq_w2")
+    metric_s = {t: paper_cost.EQ_W2_2000_S.get(t, 0.0) for t in table.targets} if needs_eq else None
+    lines += [f"    {x}" for x in paper_cost.table_cost(cells, table.runs, metric_s)]
+    lines += [f"  run: python -m runners.paper {table.id} run=true "
+              "[launcher=slurm slurm.partition=<gpu> slurm.gpus_per_node=1 <sampler>.device=cuda]",
+              ""]
+    return lines
+
+
+def list_tables(published: pd.DataFrame | None = None) -> str:
+    published = collect.load_published(PUBLISHED) if published is None else published
+    return "\n".join(line for t in TABLES.values() for line in describe(t, published))
 
 
 def main(argv: list[str] | None = None) -> int:
