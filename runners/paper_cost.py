@@ -14,11 +14,12 @@ from __future__ import annotations
 # Budgets of the paper profile (runners/profiles/paper.yaml): one full official iDEM run.
 PAPER_BUDGET = {"gmm40": 2.56e10, "dw4": 5.12e10, "lj13": 5.12e10, "lj55": 2.56e9}
 
-# RWM in the paper profile (16,384 chains; LJ-55 12,800), one torch thread: seconds of the fit
-# per energy evaluation. Measured 2026-12-03 with a preset equal to the paper profile but
-# max_energy_evals 2e8 (GMM-40, DW-4) / 2e7 (LJ-13): `python -m runners.grid targets=gmm40,dw4
-# samplers=rwm seeds=1 profile=<preset> workers=1`, fit_seconds / max_energy_evals.
-RWM_S_PER_EVAL = {"gmm40": None, "dw4": None, "lj13": None}
+# RWM in the paper profile (16,384 chains), one torch thread: CPU seconds of `fit` per energy
+# evaluation, measured 2026-12-03 by `samplers.get("rwm")(n_chains=16384).fit` under budgets of
+# 4e7 (GMM-40, DW-4) and 1e7 (LJ-13) evaluations, time.process_time (CPU time, so the load of
+# the shared machine, 6-8 on 2 cores then, does not enter; wall time was 2.5-5x longer). The same
+# settings through runners.grid at 2e8: GMM-40 106 s, DW-4 195 s wall at that load.
+RWM_S_PER_EVAL = {"gmm40": 315e-9, "dw4": 297e-9, "lj13": 1619e-9}
 
 # iDEM, docs/performance.md (session 7 table, `python -m runners.bench sampler=idem`, 2 threads):
 # one optimiser step, and one generation of the epoch's 1000 samples (LJ-13 measured for 256 and
@@ -89,5 +90,6 @@ def table_cost(cells: list[tuple[str, str]], seeds: int,
         lines.append(f"{s} on {t}: {human(sec)} per cell here ({how}{metric}), x {seeds}; "
                      f"one GPU: {gpu}")
     tail = f" + {', '.join(unknown)} (no rate)" if unknown else ""
-    lines.append(f"total here, one thread, one cell after another: {human(total)}{tail}")
+    known = human(total) if total or not unknown else "unknown"
+    lines.append(f"total here, one thread, one cell after another: {known}{tail}")
     return lines
