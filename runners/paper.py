@@ -197,8 +197,11 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
                 continue
             vals = grid_values(results, row["target"], ours_name, row["metric"])
         if vals.size == 0:
+            sec, _ = paper_cost.cpu_seconds(ours_name, row["target"])
             row.update(verdict="not run", reason=f"run: python -m runners.paper {table.id} run=true "
-                                                 f"({table.cost})")
+                                                 f"({ours_name} on {row['target']}: "
+                                                 f"{paper_cost.human(sec)} per seed on this "
+                                                 f"CPU; see `list`)")
         else:
             n_pub = table.runs * table.batches
             spread = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
@@ -277,9 +280,9 @@ def describe(table: PaperTable, published: pd.DataFrame) -> list[str]:
     needs_eq = any(pub["metric"].fillna("") == "eq_w2")
     metric_s = {t: paper_cost.EQ_W2_2000_S.get(t, 0.0) for t in table.targets} if needs_eq else None
     lines += [f"    {x}" for x in paper_cost.table_cost(cells, table.runs, metric_s)]
-    lines += [f"  run: python -m runners.paper {table.id} run=true "
-              "[launcher=slurm slurm.partition=<gpu> slurm.gpus_per_node=1 <sampler>.device=cuda]",
-              ""]
+    lines += [f"  run: python -m runners.paper {table.id} run=true [samplers=...] [launcher=slurm "
+              "slurm.partition=<gpu> slurm.gpus_per_node=1 slurm.timeout_min=<min> "
+              "<sampler>.device=cuda] (docs/paper-reproduction.md)", ""]
     return lines
 
 

@@ -16,10 +16,11 @@ PAPER_BUDGET = {"gmm40": 2.56e10, "dw4": 5.12e10, "lj13": 5.12e10, "lj55": 2.56e
 
 # RWM in the paper profile (16,384 chains), one torch thread: CPU seconds of `fit` per energy
 # evaluation, measured 2026-12-03 by `samplers.get("rwm")(n_chains=16384).fit` under budgets of
-# 4e7 (GMM-40, DW-4) and 1e7 (LJ-13) evaluations, time.process_time (CPU time, so the load of
+# 4e7 (GMM-40, DW-4), 1e7 (LJ-13) and 3e6 (LJ-55, 12,800 chains as the paper profile)
+# evaluations, time.process_time (CPU time, so the load of
 # the shared machine, 6-8 on 2 cores then, does not enter; wall time was 2.5-5x longer). The same
 # settings through runners.grid at 2e8: GMM-40 106 s, DW-4 195 s wall at that load.
-RWM_S_PER_EVAL = {"gmm40": 315e-9, "dw4": 297e-9, "lj13": 1619e-9}
+RWM_S_PER_EVAL = {"gmm40": 315e-9, "dw4": 297e-9, "lj13": 1619e-9, "lj55": 13690e-9}
 
 # iDEM, docs/performance.md (session 7 table, `python -m runners.bench sampler=idem`, 2 threads):
 # one optimiser step, and one generation of the epoch's 1000 samples (LJ-13 measured for 256 and
@@ -86,10 +87,10 @@ def table_cost(cells: list[tuple[str, str]], seeds: int,
         else:
             unknown.append(f"{s}/{t}")
         gpu = GPU_PUBLISHED.get((s, t), "not measured (no GPU in the measuring session)")
-        metric = f" + eq_w2 {human(extra)}" if extra else ""
+        metric = f" + eq_w2 {human(extra)}" if extra and sec is not None else ""
         lines.append(f"{s} on {t}: {human(sec)} per cell here ({how}{metric}), x {seeds}; "
                      f"one GPU: {gpu}")
     tail = f" + {', '.join(unknown)} (no rate)" if unknown else ""
     known = human(total) if total or not unknown else "unknown"
-    lines.append(f"total here, one thread, one cell after another: {known}{tail}")
+    lines.append(f"total here, one cell after another: {known}{tail}")
     return lines
