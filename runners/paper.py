@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,8 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
             row.update(verdict="not run", reason=f"run: python -m runners.paper {table.id} run=true "
                                                  f"({ours_name} on {row['target']}: "
                                                  f"{paper_cost.human(sec)} per seed on this "
-                                                 f"CPU; see `list`)")
+                                                 f"CPU; see `list`)"
+                                                 + _reference_note(row["target"], table))
         else:
             n_pub = table.runs * table.batches
             spread = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
@@ -211,6 +213,24 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
                        verdict=verdict(z), reason="")
         out.append(row)
     return pd.DataFrame(out)
+
+
+@lru_cache(maxsize=None)
+def _reference_source(target: str) -> str:
+    try:
+        return str(targets.get(target).reference_info("test").get("reference_source", ""))
+    except targets.ReferenceDataError:
+        return "missing"
+
+
+def _reference_note(target: str, table: PaperTable) -> str:
+    """Said on a `not run` row whose rows, run here now, would not be comparable (LJ-55 without
+    the official test split)."""
+    src = _reference_source(target)
+    if table.reference_set != "official" or src == "official":
+        return ""
+    return (f"; first put the official {target} test split in $BOLTZBENCH_DATA (this machine has "
+            f"{'none' if src == 'missing' else 'only our ' + repr(src) + ' reference'})")
 
 
 def _not_comparable(row: dict, ours_name: str, table: PaperTable) -> str:

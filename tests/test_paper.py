@@ -144,3 +144,13 @@ def test_blog_gmm40_exact_samples_row_reproduces(tmp_path):
     row = df[df["method"] == "exact samples"].iloc[0]
     assert row["verdict"] == "reproduced" and row["n_ours"] == 25
     assert 3.8 < row["ours"] < 5.0
+
+
+def test_not_run_rows_say_when_the_official_reference_is_missing(monkeypatch):
+    monkeypatch.setattr(paper, "_reference_source", lambda t: "mcmc" if t == "lj55" else "official")
+    pub = paper.collect.load_published(paper.PUBLISHED)
+    df = paper.build_table(paper.TABLES["asbs-table2"], pub, None, compute_exact=False)
+    why = dict(zip(df["target"] + "/" + df["method"] + "/" + df["metric"], df["reason"]))
+    assert "official lj55 test split" in why["lj55/DDS/eq_w2"] and "'mcmc'" in why["lj55/DDS/eq_w2"]
+    assert "official" not in why["dw4/DDS/eq_w2"].split(")")[-1]
+    assert why["dw4/DDS/eq_w2"].startswith("run: python -m runners.paper asbs-table2 run=true")
