@@ -22,6 +22,7 @@ taken over: the uncertainty of each *mean*, not the batch-to-batch spread, so a 
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -150,8 +151,18 @@ def grid_values(results: pd.DataFrame | None, target: str, sampler: str, metric:
     return pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy()
 
 
+def _metric_cap(config: object, metric: str) -> int | None:
+    """The ``max_n`` a row's metric ran with (its ``config`` JSON), None when uncapped/unknown."""
+    try:
+        opts = json.loads(config).get("metric_options", {}) if isinstance(config, str) else {}
+    except (ValueError, AttributeError):
+        return None
+    cap = (opts.get(metric) or {}).get("max_n") if isinstance(opts, dict) else None
+    return cap if isinstance(cap, int) else None
+
+
 def rows_mismatch(results: pd.DataFrame | None, target: str, sampler: str,
-                  table: PaperTable) -> str:
+                  table: PaperTable, metric: str = "") -> str:
     """Why our rows cannot stand beside the source's, or "": scored against another reference
     (LJ-55 without the official file uses our MCMC set) or at another sample count (W2 of finite
     samples shrinks with n, so 1000-sample rows are not 2000-sample rows)."""
@@ -167,6 +178,11 @@ def rows_mismatch(results: pd.DataFrame | None, target: str, sampler: str,
         if n and n != [table.n_samples]:
             return (f"our rows were scored with n_eval={n[0]}, the source with {table.n_samples}: "
                     f"run with n_eval={table.n_samples}")
+    if metric and "config" in ok.columns:
+        caps = [c for c in (_metric_cap(v, metric) for v in ok["config"]) if c is not None]
+        if caps and min(caps) < table.n_samples:
+            return (f"our {metric} was capped at max_n={min(caps)} (a smoke-type profile), the "
+                    f"source used {table.n_samples}")
     return ""
 
 
@@ -191,7 +207,7 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
             vals = exact_sample_values(row["target"], row["metric"], table) if compute_exact \
                 else np.array([])
         else:
-            mismatch = rows_mismatch(results, row["target"], ours_name, table)
+            mismatch = rows_mismatch(results, row["target"], ours_name, table, row["metric"])
             if mismatch:
                 row.update(verdict="not comparable", reason=mismatch)
                 out.append(row)

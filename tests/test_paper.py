@@ -154,3 +154,14 @@ def test_not_run_rows_say_when_the_official_reference_is_missing(monkeypatch):
     assert "official lj55 test split" in why["lj55/DDS/eq_w2"] and "'mcmc'" in why["lj55/DDS/eq_w2"]
     assert "official" not in why["dw4/DDS/eq_w2"].split(")")[-1]
     assert why["dw4/DDS/eq_w2"].startswith("run: python -m runners.paper asbs-table2 run=true")
+
+
+def test_rows_whose_metric_was_capped_below_the_source_size_are_not_comparable():
+    ours = _asbs_ours()
+    ours["config"] = '{"metric_options": {"eq_w2": {"max_n": 32}}, "n_eval": 2000}'
+    pub = paper.collect.load_published(paper.PUBLISHED)
+    df = paper.build_table(paper.TABLES["asbs-table2"], pub, ours, compute_exact=False)
+    v = {(r.target, r.method, r.metric): (r.verdict, r.reason) for r in df.itertuples()}
+    assert v[("dw4", "iDEM", "eq_w2")][0] == "not comparable"
+    assert "max_n=32" in v[("dw4", "iDEM", "eq_w2")][1]
+    assert v[("dw4", "iDEM", "energy_w2")][0] == "differs"  # energy_w2 has no cap
