@@ -12,8 +12,15 @@ grid through ``runners.grid``, so SLURM, resume and ``launcher=`` work as there)
 the combined uncertainty of the two means, and a verdict (:func:`verdict`).
 
 Verdicts: ``reproduced`` (|z| <= 2.5), ``differs`` (|z| > 2.5), ``not run`` (the suite can compute
-it but has not: which command would), ``not comparable`` (with the reason: a method the suite
-does not have, a metric definition it does not implement, a different reference set).
+it but has not: which command would, and its cost), ``not comparable`` (with the reason: a method
+the suite does not have, a metric definition it does not implement, a different reference set,
+or our rows scored against another reference, at another ``n_eval`` or with the metric capped
+below the source's sample count).
+
+``list`` prints per table: source, targets x methods, the metric definitions of
+results/published.csv, the protocol (samples, batches, seeds, budget), a cost estimate per cell
+here and on one GPU (:mod:`runners.paper_cost`: measured rates scaled by the budget) and the
+command.
 
 z = (ours - published) / sqrt(s_pub^2 / n_pub + s_ours^2 / n_ours), with s the spread each
 reports (the blog: std over 5 runs x 5 batches, so n = 25) and n the number of values it was
