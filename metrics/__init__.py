@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import density, histograms, one_d, wasserstein
+from . import density, eq_w2, histograms, one_d, wasserstein
 from ._common import SUBSAMPLE_SEED, MetricInputError, is_particle
 from .density import DENSITY_METRICS, PATH_METRICS
 from .histograms import histogram_on_reference_bins
@@ -19,7 +19,8 @@ SPEC_VERSION = "1"
 
 _REGISTRY: dict[str, Callable] = {}
 # Metrics defined only for particle targets (they need interatomic distances or alignments).
-PARTICLE_ONLY = frozenset({"x_w2_aligned", "dist_tvd", "dist_tvd_official", "dist_w2_sq"})
+PARTICLE_ONLY = frozenset({"x_w2_aligned", "eq_w2", "dist_tvd", "dist_tvd_official",
+                           "dist_w2_sq"})
 
 
 def register(name: str, fn: Callable) -> Callable:
@@ -54,6 +55,7 @@ def applicable(target, sampler_has_log_prob: bool = False, path_weights: bool = 
 for _name, _fn in [
     ("x_w2", wasserstein.x_w2),
     ("x_w2_aligned", wasserstein.x_w2_aligned),
+    ("eq_w2", eq_w2.eq_w2),  # ASBS / Adjoint Sampling aligned W2 (metrics/eq_w2.py)
     ("energy_w1", one_d.energy_w1),
     ("energy_w2", one_d.energy_w2),
     ("energy_w2_sq", one_d.energy_w2_sq),
@@ -67,4 +69,4 @@ for _name, _fn in [
 
 __all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "DENSITY_METRICS", "PATH_METRICS", "SUBSAMPLE_SEED",
            "MetricInputError", "register", "get", "names", "applicable",
-           "histogram_on_reference_bins", "density", "histograms", "one_d", "wasserstein"]
+           "histogram_on_reference_bins", "density", "eq_w2", "histograms", "one_d", "wasserstein"]

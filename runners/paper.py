@@ -12,8 +12,15 @@ grid through ``runners.grid``, so SLURM, resume and ``launcher=`` work as there)
 the combined uncertainty of the two means, and a verdict (:func:`verdict`).
 
 Verdicts: ``reproduced`` (|z| <= 2.5), ``differs`` (|z| > 2.5), ``not run`` (the suite can compute
-it but has not: which command would), ``not comparable`` (with the reason: a method the suite
-does not have, a metric definition it does not implement, a different reference set).
+it but has not: which command would, and its cost), ``not comparable`` (with the reason: a method
+the suite does not have, a metric definition it does not implement, a different reference set,
+or our rows scored against another reference, at another ``n_eval`` or with the metric capped
+below the source's sample count).
+
+``list`` prints per table: source, targets x methods, the metric definitions of
+results/published.csv, the protocol (samples, batches, seeds, budget), a cost estimate per cell
+here and on one GPU (:mod:`runners.paper_cost`: measured rates scaled by the budget) and the
+command.
 
 z = (ours - published) / sqrt(s_pub^2 / n_pub + s_ours^2 / n_ours), with s the spread each
 reports (the blog: std over 5 runs x 5 batches, so n = 25) and n the number of values it was
@@ -22,9 +29,11 @@ taken over: the uncertainty of each *mean*, not the batch-to-batch spread, so a 
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +43,7 @@ import torch
 import metrics
 import targets
 
-from . import collect, rows
+from . import collect, paper_cost, rows
 
 THRESHOLD = 2.5
 PUBLISHED = collect.PUBLISHED
@@ -57,6 +66,7 @@ class PaperTable:
     protocol: str
     cost: str
     grid_samplers: tuple[str, ...] = field(default=())
+    budget: str = ""
 
 
 _BLOG = dict(
@@ -64,6 +74,8 @@ _BLOG = dict(
     protocol=("5 runs x 5 batches of 1000 samples, mean ± std over the 25 batches; W2 in raw "
               "coordinates, no alignment (our x_w2); MCMC = Metropolis at iDEM's energy budget "
               "(our rwm in the paper profile, whose budget is one full official iDEM run)"),
+    budget=("iDEM's energy budget: one full official iDEM run per cell (GMM-40 2.56e10, DW-4 and "
+            "LJ-13 5.12e10, LJ-55 2.56e9 energy evaluations; runners/profiles/paper.yaml)"),
     methods={"exact samples": "exact", "MCMC": "rwm", "iDEM": "idem",
              "iEFM": "not comparable: iEFM is not in the suite",
              "long MCMC": "not comparable: the blog's own long-MCMC samples; ours would be the "
@@ -85,9 +97,14 @@ TABLES: dict[str, PaperTable] = {
     "asbs-table2": PaperTable(
         id="asbs-table2", source="asbs-2025-table2", title="ASBS (arXiv 2506.22565) Table 2",
         targets=("dw4", "lj13", "lj55"), runs=3, batches=1, n_samples=2000, reference_set="official",
-        methods={"iDEM": "idem", "PIS": "pis", "DDS": "dds"},
-        protocol=("3 seeds, 2000 samples, alignment-aware W2 and E(.)W2 as ASBS computes them "
-                  "(their eq_w2; not implemented here yet, so every row is not comparable)"),
+        methods={"iDEM": "idem", "PIS": "pis", "DDS": "dds",
+                 **{m: f"not comparable: {m} is not in the suite"
+                    for m in ("PDDS", "SCLD", "LV-PIS", "AS", "ASBS")}},
+        protocol=("3 seeds (mean ± std over the three), 2000 samples against 2000 rows of DEM's "
+                  "test split; W2 = ASBS's aligned eq_w2 (our eq_w2), E-W2 = energy W2 with the "
+                  "root taken (our energy_w2)"),
+        budget=("ASBS trains each method to convergence, its budget unpublished; ours run at the "
+                "paper profile's (iDEM's) energy budget, so a verdict also tests that budget"),
         cost="GPU: one iDEM/PIS/DDS training per seed and target", grid_samplers=("idem", "pis", "dds")),
 }
 
@@ -127,12 +144,53 @@ def exact_sample_values(target_name: str, metric: str, table: PaperTable, seed: 
     return np.array(out)
 
 
+def _ok_rows(results: pd.DataFrame | None, target: str, sampler: str) -> pd.DataFrame:
+    if results is None or results.empty:
+        return pd.DataFrame()
+    return results[(results["target"] == target) & (results["sampler"] == sampler)
+                   & (results.get("status", "ok") == "ok")]
+
+
 def grid_values(results: pd.DataFrame | None, target: str, sampler: str, metric: str) -> np.ndarray:
-    if results is None or results.empty or metric not in results.columns:
+    ok = _ok_rows(results, target, sampler)
+    if ok.empty or metric not in ok.columns:
         return np.array([])
-    ok = results[(results["target"] == target) & (results["sampler"] == sampler)
-                 & (results.get("status", "ok") == "ok")]
     return pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy()
+
+
+def _metric_cap(config: object, metric: str) -> int | None:
+    """The ``max_n`` a row's metric ran with (its ``config`` JSON), None when uncapped/unknown."""
+    try:
+        opts = json.loads(config).get("metric_options", {}) if isinstance(config, str) else {}
+    except (ValueError, AttributeError):
+        return None
+    cap = (opts.get(metric) or {}).get("max_n") if isinstance(opts, dict) else None
+    return cap if isinstance(cap, int) else None
+
+
+def rows_mismatch(results: pd.DataFrame | None, target: str, sampler: str,
+                  table: PaperTable, metric: str = "") -> str:
+    """Why our rows cannot stand beside the source's, or "": scored against another reference
+    (LJ-55 without the official file uses our MCMC set) or at another sample count (W2 of finite
+    samples shrinks with n, so 1000-sample rows are not 2000-sample rows)."""
+    ok = _ok_rows(results, target, sampler)
+    if ok.empty:
+        return ""
+    if "reference_source" in ok.columns and table.reference_set == "official":
+        other = sorted(set(ok["reference_source"].dropna().astype(str)) - {"official"})
+        if other:
+            return f"our rows were scored against the '{other[0]}' reference, not the official one"
+    if "n_eval" in ok.columns:
+        n = sorted(set(pd.to_numeric(ok["n_eval"], errors="coerce").dropna().astype(int)))
+        if n and n != [table.n_samples]:
+            return (f"our rows were scored with n_eval={n[0]}, the source with {table.n_samples}: "
+                    f"run with n_eval={table.n_samples}")
+    if metric and "config" in ok.columns:
+        caps = [c for c in (_metric_cap(v, metric) for v in ok["config"]) if c is not None]
+        if caps and min(caps) < table.n_samples:
+            return (f"our {metric} was capped at max_n={min(caps)} (a smoke-type profile), the "
+                    f"source used {table.n_samples}")
+    return ""
 
 
 def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFrame | None,
@@ -156,10 +214,19 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
             vals = exact_sample_values(row["target"], row["metric"], table) if compute_exact \
                 else np.array([])
         else:
+            mismatch = rows_mismatch(results, row["target"], ours_name, table, row["metric"])
+            if mismatch:
+                row.update(verdict="not comparable", reason=mismatch)
+                out.append(row)
+                continue
             vals = grid_values(results, row["target"], ours_name, row["metric"])
         if vals.size == 0:
+            sec, _ = paper_cost.cpu_seconds(ours_name, row["target"])
             row.update(verdict="not run", reason=f"run: python -m runners.paper {table.id} run=true "
-                                                 f"({table.cost})")
+                                                 f"({ours_name} on {row['target']}: "
+                                                 f"{paper_cost.human(sec)} per seed on this "
+                                                 f"CPU; see `list`)"
+                                                 + _reference_note(row["target"], table))
         else:
             n_pub = table.runs * table.batches
             spread = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
@@ -169,6 +236,24 @@ def build_table(table: PaperTable, published: pd.DataFrame, results: pd.DataFram
                        verdict=verdict(z), reason="")
         out.append(row)
     return pd.DataFrame(out)
+
+
+@lru_cache(maxsize=None)
+def _reference_source(target: str) -> str:
+    try:
+        return str(targets.get(target).reference_info("test").get("reference_source", ""))
+    except targets.ReferenceDataError:
+        return "missing"
+
+
+def _reference_note(target: str, table: PaperTable) -> str:
+    """Said on a `not run` row whose rows, run here now, would not be comparable (LJ-55 without
+    the official test split)."""
+    src = _reference_source(target)
+    if table.reference_set != "official" or src == "official":
+        return ""
+    return (f"; first put the official {target} test split in $BOLTZBENCH_DATA (this machine has "
+            f"{'none' if src == 'missing' else 'only our ' + repr(src) + ' reference'})")
 
 
 def _not_comparable(row: dict, ours_name: str, table: PaperTable) -> str:
@@ -206,13 +291,47 @@ def to_markdown(table: PaperTable, df: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-def list_tables() -> str:
-    out = []
-    for t in TABLES.values():
-        out += [f"{t.id}: {t.title}", f"  source: {t.source}; targets: {', '.join(t.targets)}",
-                f"  methods: " + "; ".join(f"{k} -> {v}" for k, v in t.methods.items()),
-                f"  protocol: {t.protocol}", f"  cost: {t.cost}", ""]
-    return "\n".join(out)
+def _method_cell(name: str, ours: str) -> str:
+    return f"{name} -> {ours}" if not ours.startswith("not comparable") else f"{name} (not ours)"
+
+
+def describe(table: PaperTable, published: pd.DataFrame) -> list[str]:
+    """The listing of one table: source, targets x methods, metric definitions (from
+    results/published.csv), protocol, budget, cost here and on one GPU, the command."""
+    pub = published[(published["source"] == table.source)
+                    & published["target"].isin(table.targets)]
+    lines = [f"{table.id}: {table.title}"]
+    ref = pub["source_ref"].dropna().iloc[0] if "source_ref" in pub and len(pub) else ""
+    lines.append(f"  source: {table.source}" + (f" ({ref})" if ref else ""))
+    lines.append("  targets x methods:")
+    for t in table.targets:
+        names = list(dict.fromkeys(pub.loc[pub["target"] == t, "method"]))
+        cells = [_method_cell(m, table.methods.get(m, "not comparable")) for m in names]
+        lines.append(f"    {t}: " + ", ".join(cells))
+    lines.append("  metrics:")
+    defs = pub.drop_duplicates(["source_metric", "metric"])
+    for _, d in defs.iterrows():
+        ours = d["metric"] if isinstance(d["metric"], str) and d["metric"] else "no metric of ours"
+        lines.append(f"    {d['source_metric']} -> {ours}: {d['metric_definition']}")
+    lines += [f"  protocol: {table.n_samples} samples per evaluation, {table.batches} batch(es) "
+              f"per run, {table.runs} runs (seeds); {table.protocol}",
+              f"  budget: {table.budget}", "  cost estimate (runners/paper_cost.py: rates measured "
+              "here, scaled by the budget):"]
+    cells = list(dict.fromkeys(
+        (table.methods.get(m, "not comparable"), t) for m, t in zip(pub["method"], pub["target"])))
+    cells = [c for c in cells if not c[0].startswith("not comparable")]
+    needs_eq = any(pub["metric"].fillna("") == "eq_w2")
+    metric_s = {t: paper_cost.EQ_W2_2000_S.get(t, 0.0) for t in table.targets} if needs_eq else None
+    lines += [f"    {x}" for x in paper_cost.table_cost(cells, table.runs, metric_s)]
+    lines += [f"  run: python -m runners.paper {table.id} run=true [samplers=...] [launcher=slurm "
+              "slurm.partition=<gpu> slurm.gpus_per_node=1 slurm.timeout_min=<min> "
+              "<sampler>.device=cuda] (docs/paper-reproduction.md)", ""]
+    return lines
+
+
+def list_tables(published: pd.DataFrame | None = None) -> str:
+    published = collect.load_published(PUBLISHED) if published is None else published
+    return "\n".join(line for t in TABLES.values() for line in describe(t, published))
 
 
 def main(argv: list[str] | None = None) -> int:

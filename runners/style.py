@@ -36,6 +36,8 @@ METRICS: dict[str, MetricInfo] = {
     "x_w2": MetricInfo("sample-space W2", "length", "lower"),
     "x_w2_aligned": MetricInfo("sample-space W2, aligned (rotations, permutations)", "length",
                                "lower"),
+    "eq_w2": MetricInfo("sample-space W2, ASBS eq_w2 (one Hungarian pass, reflections)", "length",
+                        "lower"),
     "energy_w1": MetricInfo("energy W1", "kT", "lower"),
     "energy_w2": MetricInfo("energy W2", "kT", "lower"),
     "energy_w2_sq": MetricInfo("energy W2²", "kT²", "lower"),

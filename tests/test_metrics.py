@@ -67,7 +67,7 @@ def rotate_permute(x, target, gen):
 # ------------------------------------------------------------------ registry
 def test_spec_version_and_registry():
     assert metrics.SPEC_VERSION == "1"
-    assert {"x_w2", "x_w2_aligned", "energy_w1", "energy_w2", "energy_w2_sq", "dist_w2_sq",
+    assert {"x_w2", "x_w2_aligned", "eq_w2", "energy_w1", "energy_w2", "energy_w2_sq", "dist_w2_sq",
             "dist_tvd", "dist_tvd_official", "energy_tvd", "energy_tvd_official"} == set(metrics.names())
 
 
