@@ -90,10 +90,12 @@ def collect(out: str | Path, figures: bool = True) -> dict[str, list[Path]]:
         written["tables"] = write_tables(df, out / "tables")
         if figures:
             from . import plots  # matplotlib only when figures are wanted
-            written["figures"] = plots.make_all(out, df)
-            if any(c in df.columns for c in BUDGET_COLS):
-                from . import budget_plots
+            if any(c in df.columns for c in BUDGET_COLS):  # the figures above at the top rung
+                from . import budget_plots, budget_tables
+                written["figures"] = plots.make_all(out, budget_tables.top_rung(df))
                 written["figures"] += budget_plots.make_all(df, out / "figures")
+            else:
+                written["figures"] = plots.make_all(out, df)
     print(f"[collect] {len(df)} row(s) -> {csv}; {len(written['tables'])} table file(s) in "
           f"{out / 'tables'}; {len(written['figures'])} figure(s) in {out / 'figures'}",
           file=sys.stderr)
