@@ -263,8 +263,9 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     prior = (resumed or {}).get("fit_seconds", 0.0)
     if spec.budget_unit:
         row.update(_continuation(spec, sampler, resumed, source))
-    live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(), prior_seconds=prior,
-                extra={k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row})
+    extra = {k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row}
+    live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
+                prior_seconds=prior, extra=extra)
     t0 = time.perf_counter()
     info = sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
     row["fit_seconds"] = time.perf_counter() - t0 + prior
@@ -378,8 +379,9 @@ def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | No
     if hasattr(sampler, "load_state_dict"):
         if (spec.dir / CHECKPOINT_FILE).is_file():
             source, path = "checkpoint", spec.dir / CHECKPOINT_FILE
-        elif spec.previous and (rows.cell_dir(spec.out, spec.previous) / ladder.STATE_FILE).is_file():
-            source, path = "previous", rows.cell_dir(spec.out, spec.previous) / ladder.STATE_FILE
+        elif spec.previous:
+            below = rows.cell_dir(spec.out, spec.previous) / ladder.STATE_FILE
+            source, path = ("previous", below) if below.is_file() else ("", None)
     if path is None:
         return samplers.Budget(**spec.budget), None, ""
     ckpt = torch.load(path, weights_only=False)

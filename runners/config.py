@@ -388,7 +388,8 @@ def parse(argv: list[str]) -> Grid:
         raise ConfigError(str(exc)) from None
 
     out = cfg.out or str(Path("results") / "runs" / (ppath.stem if cfg.profile else "paper"))
-    return Grid(ladders=ladders, config=cfg, profile_name=ppath.stem, profile_path=str(ppath), targets=t_names,
+    return Grid(ladders=ladders, config=cfg, profile_name=ppath.stem, profile_path=str(ppath),
+                targets=t_names,
                 samplers=s_names, seeds=seeds, n_eval=int(n_eval), budgets=budgets,
                 sampler_configs=sampler_configs, metric_options=dict(profile["metric_options"]),
                 plugins=plugins, out=out)

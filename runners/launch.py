@@ -89,8 +89,8 @@ class CellBatch(submitit.helpers.Checkpointable):
     def _take(self, spec: CellSpec) -> bool:
         spec.claim_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(spec.claim_dir / f".claim-{self.claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                         0o666)  # umask applies, as for every results file
+            fd = os.open(spec.claim_dir / f".claim-{self.claim}",
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # umask applies, as for every results file
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:  # which worker (and its log) took the cell

@@ -187,7 +187,8 @@ class _MCMCSampler:
         pool = Pool(self.config.pool_size)
         pool.chunks, pool.rows = list(saved["pool_chunks"]), saved["pool_rows"]
         return self._run(target, state, budget, clock, gen, dict(saved["info"]),
-                         resume={"carry": saved["carry"], "adapter": saved["adapter"], "pool": pool})
+                         resume={"carry": saved["carry"], "adapter": saved["adapter"],
+                                 "pool": pool})
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``[n, dim]`` float32 states from the pool, without replacement when ``n`` <= pool size
@@ -346,7 +347,8 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
     if warming:  # the budget ended inside warm-up: freeze what adaptation reached
         warmup_done = step
         h = adapter.final() if adapter is not None else h
-    return {"state": state, "carry": live, "steps": step, "warmup_steps": warmup_done, "post_warmup_steps": post,
+    return {"state": state, "carry": live, "steps": step, "warmup_steps": warmup_done,
+            "post_warmup_steps": post,
             "step_size": h, "acceptance": float(accepted.mean() / post) if post else None,
             "acceptance_min_chain": float(accepted.min() / post) if post else None,
             "acceptance_mean": (float(accepted.mean() / post) if post else

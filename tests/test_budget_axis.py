@@ -38,7 +38,8 @@ def test_each_rung_is_a_cell_with_its_budget_in_key_and_no_time_cap(tmp_path):
     specs = gridmod.build_specs(g, "debug")
     assert [s.rung for s in specs] == [10_000, 30_000] * 2  # sorted, duplicates dropped
     assert specs[0].budget == {"max_energy_evals": 10_000, "max_seconds": None, "max_steps": None}
-    assert specs[0].key.startswith("dw4-mala-s0-e1e4-") and specs[1].key.startswith("dw4-mala-s0-e3e4-")
+    assert specs[0].key.startswith("dw4-mala-s0-e1e4-")
+    assert specs[1].key.startswith("dw4-mala-s0-e3e4-")
     assert specs[1].previous == specs[0].key and specs[1].previous_budget == specs[0].budget
     assert specs[0].has_next and not specs[1].has_next
     assert specs[0].group == specs[1].group == specs[0].key != specs[2].group
@@ -63,7 +64,8 @@ def test_seconds_ladder_caps_time_only():
     unit, rungs = g.ladders["dw4"]
     assert unit == "seconds" and [r["max_seconds"] for r in rungs] == [2.5, 10.0]
     assert all(r["max_energy_evals"] is None for r in rungs)
-    assert ladder.label("seconds", 2.5) == "t2.5s" and ladder.label("energy_evals", 2.5e6) == "e2.5e6"
+    assert ladder.label("seconds", 2.5) == "t2.5s"
+    assert ladder.label("energy_evals", 2.5e6) == "e2.5e6"
 
 
 @pytest.mark.parametrize("args, words", [
