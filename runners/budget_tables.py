@@ -24,8 +24,8 @@ from .tables import cell_state, mean_sem, metric_columns
 POINT_COLS = ["target", "sampler", "budget_unit", "budget", "metric", "mean", "sem", "n",
               "energy_evals", "seconds", "continued"]
 BEST_COLS = ["target", "metric", "direction", "budget_unit", "budget", "best", "best_mean",
-             "best_sem", "second", "second_mean", "second_sem", "gap", "combined_sem",
-             "gap_exceeds_sem", "n_samplers"]
+             "best_sem", "best_energy_evals", "second", "second_mean", "second_sem",
+             "second_energy_evals", "gap", "combined_sem", "gap_exceeds_sem", "n_samplers"]
 UNIT_COL = {"energy_evals": "budget_energy_evals", "seconds": "budget_seconds"}
 
 
@@ -91,15 +91,17 @@ def best_at_budget(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         first = g.iloc[0]
         r = {"target": t, "metric": m, "direction": f"{better} is better", "budget_unit": unit,
              "budget": b, "best": first["sampler"], "best_mean": first["mean"],
-             "best_sem": first["sem"], "second": "", "second_mean": math.nan,
-             "second_sem": math.nan, "gap": math.nan, "combined_sem": math.nan,
+             "best_sem": first["sem"], "best_energy_evals": first["energy_evals"], "second": "",
+             "second_mean": math.nan, "second_sem": math.nan,
+             "second_energy_evals": math.nan, "gap": math.nan, "combined_sem": math.nan,
              "gap_exceeds_sem": "", "n_samplers": len(g)}
         if len(g) > 1:
             second = g.iloc[1]
             comb = math.sqrt(first["sem"] ** 2 + second["sem"] ** 2)
             gap = abs(second["mean"] - first["mean"])
             r.update(second=second["sampler"], second_mean=second["mean"],
-                     second_sem=second["sem"], gap=gap, combined_sem=comb,
+                     second_sem=second["sem"], second_energy_evals=second["energy_evals"],
+                     gap=gap, combined_sem=comb,
                      gap_exceeds_sem="?" if math.isnan(comb) else ("yes" if gap > comb else "no"))
         out.append(r)
     return pd.DataFrame(out, columns=BEST_COLS)
@@ -111,25 +113,35 @@ def _pm(mean: float, sem: float) -> str:
     return f"{mean:.4g}" + (f" ± {sem:.2g}" if np.isfinite(sem) else "")
 
 
+def _short(v: float) -> str:
+    """1e4, 2.5e6, 120: short numbers for the table."""
+    return f"{v:.3g}".replace("e+0", "e").replace("e+", "e") if np.isfinite(v) else "–"
+
+
 def _budget_text(unit: str, b: float) -> str:
-    return f"{b:.3g} evals" if unit == "energy_evals" else f"{b:g} s"
+    return f"{_short(b)} evals" if unit == "energy_evals" else f"{b:g} s"
 
 
 def to_markdown(best: pd.DataFrame, df: pd.DataFrame | None = None) -> str:
     lines = ["# Best sampler at each budget", "",
              "Mean ± s.e.m. over ok seeds; 'gap > s.e.m.' compares the difference of the best "
              "and the second with their combined s.e.m. sqrt(sem₁² + sem₂²) ('?': a single "
-             "seed, no s.e.m.).", ""]
+             "seed, no s.e.m.). The budget caps each sampler's fit; 'spent' is what the cells "
+             "spent in all, sampling included (PIS/DDS pay for generation in energy evaluations; "
+             "iDEM and FAB in network evaluations, which have no column: docs/budgets.md).", ""]
     for (t, m), g in best.groupby(["target", "metric"], sort=False):
         lines += [f"## {style.target_pretty(t, df)}: {style.metric_label(m)}", "",
-                  "| budget | best | mean ± s.e.m. | second | mean ± s.e.m. | gap > s.e.m. |",
-                  "|---|---|---|---|---|---|"]
+                  "| budget | best | mean ± s.e.m. | spent | second | mean ± s.e.m. | spent "
+                  "| gap > s.e.m. |",
+                  "|---|---|---|---|---|---|---|---|"]
         for _, r in g.iterrows():
             second = style.sampler_pretty(r["second"], df) if r["second"] else "–"
             lines.append(f"| {_budget_text(r['budget_unit'], r['budget'])} | "
                          f"{style.sampler_pretty(r['best'], df)} | "
-                         f"{_pm(r['best_mean'], r['best_sem'])} | {second} | "
+                         f"{_pm(r['best_mean'], r['best_sem'])} | "
+                         f"{_short(r['best_energy_evals'])} | {second} | "
                          f"{_pm(r['second_mean'], r['second_sem'])} | "
+                         f"{_short(r['second_energy_evals'])} | "
                          f"{r['gap_exceeds_sem'] or '–'} |")
         lines.append("")
     return "\n".join(lines)

@@ -67,7 +67,12 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
         df = budget_tables.top_rung(df)
     summary = tables.summarize(df)
     paths = [table_dir / "summary.md", table_dir / "summary.tex", table_dir / "summary.csv"]
-    rows.write_text(paths[0], tables.to_markdown(df, summary))
+    md = tables.to_markdown(df, summary)
+    if axis:
+        md = (f"> Budget axis: this summary shows each target's largest rung "
+              f"({_rungs(df)}); every rung is in best_at_budget.md and the budget_*.png "
+              f"figures (docs/budgets.md).\n\n") + md
+    rows.write_text(paths[0], md)
     rows.write_text(paths[1], tables.to_latex(df, summary))
     rows.write_text(paths[2], tables.to_csv_frame(summary).to_csv(index=False))
     comp = tables.comparison(summary, load_published())
@@ -78,6 +83,14 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
     if axis:
         paths += budget_tables.write(full, table_dir)
     return paths
+
+
+def _rungs(df: pd.DataFrame) -> str:
+    from .budget_tables import with_budget
+    sub = with_budget(df)
+    return ", ".join(f"{t} {b:g} {'s' if u == 'seconds' else 'energy evaluations'}"
+                     for (t, u), b in sub.groupby(["target", "budget_unit"], sort=False)["budget"]
+                     .max().items())
 
 
 def collect(out: str | Path, figures: bool = True) -> dict[str, list[Path]]:

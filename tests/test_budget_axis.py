@@ -207,7 +207,7 @@ def test_best_at_budget_gap_within_sem_and_single_seed():
     r = budget_tables.best_at_budget(one, ["x_w2"]).iloc[0]
     assert r["gap_exceeds_sem"] == "?" and math.isnan(r["combined_sem"])
     md = budget_tables.to_markdown(budget_tables.best_at_budget(df, ["x_w2"]))
-    assert "| 1e+03 evals | b | 3.1 ± 0.058 | c | 3.1 ± 0.1 | no |" in md
+    assert "| 1e3 evals | b | 3.1 ± 0.058 | 1e3 | c | 3.1 ± 0.1 | 1e3 | no |" in md
 
 
 def test_top_rung_keeps_the_largest_budget_per_target():
