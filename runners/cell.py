@@ -82,7 +82,6 @@ class CellSpec:
     budget_unit: str = ""           # "energy_evals" | "seconds": this cell is a rung of a ladder
     previous: str = ""              # key of the rung below (continuation source); "" for the first
     previous_budget: dict | None = None
-    has_next: bool = False          # a rung above exists: save the state after fit
     group: str = ""                 # key of the ladder's first rung: one worker runs the ladder
 
     @property
@@ -271,7 +270,8 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["fit_seconds"] = time.perf_counter() - t0 + prior
     row["fit_seconds_this_cell"] = time.perf_counter() - t0
     live.clear()
-    if spec.has_next and hasattr(sampler, "state_dict"):  # the rung above continues from here
+    # Every rung saves its state, the top one too: a ladder extended later continues from it.
+    if spec.budget_unit and hasattr(sampler, "state_dict"):
         _save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"])
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
     warnings = health_columns(row, info or {}, spec.budget)

@@ -117,10 +117,10 @@ def build_specs(grid: cfgmod.Grid, launcher: str = "local") -> list[CellSpec]:
                     continue
                 unit, rungs = grid.ladders[t]
                 below, group = None, ""
-                for k, b in enumerate(rungs):
+                for b in rungs:
                     spec = CellSpec(budget=b, budget_unit=unit, previous=below.key if below else "",
                                     previous_budget=below.budget if below else None,
-                                    has_next=k + 1 < len(rungs), group=group, **common)
+                                    group=group, **common)
                     if not group:  # the first rung names the ladder
                         group = spec.key
                         spec = dataclasses.replace(spec, group=group)

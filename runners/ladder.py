@@ -13,8 +13,9 @@ target; targets without a ladder run their profile budget as before.
 Continuation (docs/budgets.md): the cells of one (target, sampler, seed) ladder are dispatched as
 one unit, in increasing budget, by one worker (local claims and SLURM packs never split a ladder),
 so the rung below has always finished when a rung starts. A sampler with ``state_dict`` saves its
-state after ``fit`` (``state.pt`` in the cell folder, with the spending so far); the next rung
-loads it and fits with only the difference.
+state after ``fit`` (``state.pt`` in the cell folder, with the spending so far; every rung, so a
+ladder extended later continues from its old top); the next rung loads it and fits with only
+the difference.
 """
 from __future__ import annotations
 

@@ -41,7 +41,6 @@ def test_each_rung_is_a_cell_with_its_budget_in_key_and_no_time_cap(tmp_path):
     assert specs[0].key.startswith("dw4-mala-s0-e1e4-")
     assert specs[1].key.startswith("dw4-mala-s0-e3e4-")
     assert specs[1].previous == specs[0].key and specs[1].previous_budget == specs[0].budget
-    assert specs[0].has_next and not specs[1].has_next
     assert specs[0].group == specs[1].group == specs[0].key != specs[2].group
     # a pack never splits a ladder, even when it exceeds cells_per_job
     assert [len(p) for p in batches(specs, 1)] == [2, 2]
@@ -128,7 +127,7 @@ def test_continued_rung_equals_a_fresh_fit_of_its_budget_bit_for_bit(tmp_path, s
     assert high["ran_fresh"] is False and high["continued_from"] == specs[0].rung
     assert "continued from the" in high["continuation"]
     fresh_spec = dataclasses.replace(specs[1], budget_unit="", previous="", previous_budget=None,
-                                     has_next=False, group="")
+                                     group="")
     fresh = run_cell(fresh_spec)
     assert fresh["status"] == high["status"] == "ok"
     assert np.array_equal(np.load(specs[1].dir / rows.SAMPLES_FILE),
@@ -214,3 +213,13 @@ def test_top_rung_keeps_the_largest_budget_per_target():
     df = _synthetic()
     top = budget_tables.top_rung(df)
     assert set(top["budget_energy_evals"]) == {1e4} and len(top) == 9
+
+
+def test_extending_a_ladder_reuses_its_rungs_and_continues_from_the_old_top(tmp_path, capsys):
+    args = ["targets=dw4", "samplers=mala", "seeds=1", "profile=smoke", f"out={tmp_path}",
+            f"n_eval={N_EVAL}", "launcher=debug", "collect=false", *TINY["mala"]]
+    assert run_grid([*args, "budgets=[1000,2000]"], capsys)[0] == 0
+    code, err = run_grid([*args, "budgets=[1000,2000,3000]"], capsys)
+    assert code == 0 and "2 finished cell(s) kept, 1 to run" in err
+    top = {r["budget_energy_evals"]: r for r in rows.iter_rows(tmp_path)}[3000]
+    assert top["continued_from"] == 2000 and top["ran_fresh"] is False
