@@ -2,7 +2,8 @@
 
 ``budget_<target>_<metric>.png``: two panels, the metric's mean ± s.e.m. over ok seeds (a line
 through the rungs, a shaded ±1 s.e.m. band) against the energy evaluations the cells spent
-(fit + sampling, log axis) and against their wall seconds (fit + sampling, log axis). A solid
+(fit + sampling, log axis) and against their wall seconds (fit + sampling, log axis); the y axis
+is logarithmic when the means span more than a factor ``LOG_Y_SPAN``. A solid
 line is a sampler whose rungs continued from the rung below, a dashed one a sampler that ran
 fresh at every rung (runners/ladder.py). Where the calibration floor of the metric is known at
 the rows' ``n_eval`` (reference vs reference, docs/metrics.md "Calibration floors", measured at
@@ -42,6 +43,7 @@ FLOORS = {
              "energy_w1": (0.360, 0.109), "dist_tvd": (0.0188, 0.0010),
              "dist_tvd_official": (0.0188, 0.0010), "energy_tvd": (0.211, 0.018)},
 }
+LOG_Y_SPAN = 20.0
 AXES = (("energy_evals", "energy evaluations spent (fit + sampling)"),
         ("seconds", "wall seconds (fit + sampling)"))
 
@@ -59,6 +61,11 @@ def budget_figure(df: pd.DataFrame, pts: pd.DataFrame, target: str, metric: str)
     sub = pts[(pts["target"] == target) & (pts["metric"] == metric)]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4), sharey=True)
     band = floor(df, target, metric)
+    # An early learned sampler can sit 100x above the rest (smoke iDEM on DW-4: x_w2 ~100 vs ~2):
+    # a log y axis keeps every line readable when the means span more than LOG_Y_SPAN.
+    means = sub["mean"].to_numpy(float)
+    means = means[np.isfinite(means)]
+    log_y = bool(len(means)) and means.min() > 0 and means.max() / means.min() > LOG_Y_SPAN
     for ax, (xcol, xlabel) in zip(axes, AXES):
         if band is not None:
             ax.axhspan(band[0] - band[1], band[0] + band[1], color="0.6", alpha=0.3, lw=0,
@@ -75,10 +82,12 @@ def budget_figure(df: pd.DataFrame, pts: pd.DataFrame, target: str, metric: str)
             cont = bool(g["continued"].any())
             ax.plot(x[keep], y[keep], marker="o", ms=4, color=c, ls="-" if cont else "--",
                     label=style.sampler_pretty(s, df) + ("" if cont else " (fresh each rung)"))
-            ax.fill_between(x[keep], (y - sem)[keep], (y + sem)[keep], color=c, alpha=0.18,
-                            lw=0)
+            low = np.maximum(y - sem, y / 10) if log_y else y - sem  # no band through 0 on log
+            ax.fill_between(x[keep], low[keep], (y + sem)[keep], color=c, alpha=0.18, lw=0)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
+        if log_y:
+            ax.set_yscale("log")
     info = style.metric_info(metric)
     axes[0].set_ylabel(textwrap.fill(style.metric_label(metric, direction=False), 34)
                        + f"\n({info.direction})")
