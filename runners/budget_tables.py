@@ -9,7 +9,7 @@ than their combined s.e.m. ``sqrt(sem_1² + sem_2²)`` ("yes" / "no"; "?" when e
 seed, so no s.e.m.). Metrics without a direction (log Z: "closer to log Z") are not ranked.
 
 ``write`` puts ``best_at_budget.{md,csv}`` into the tables folder; ``top_rung`` picks each
-target's largest rung for the ordinary summary tables, which have no budget column.
+(target, sampler)'s largest rung for the ordinary summary tables, which have no budget column.
 """
 from __future__ import annotations
 
@@ -39,14 +39,13 @@ def with_budget(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_rung(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with only each target's largest rung (targets without a ladder: unchanged)."""
+    """``df`` with only each (target, sampler)'s largest rung (a ladder extended for some
+    samplers only keeps the others at their own top); rows without a rung are kept."""
     sub = with_budget(df)
     if sub.empty:
         return df
-    keep = sub.groupby("target")["budget"].transform("max") == sub["budget"]
-    ladder_targets = set(sub["target"])
-    return pd.concat([df[~df["target"].isin(ladder_targets)], df.loc[sub.index[keep]]]
-                     ).sort_index()
+    keep = sub.groupby(["target", "sampler"])["budget"].transform("max") == sub["budget"]
+    return pd.concat([df.drop(index=sub.index), df.loc[sub.index[keep]]]).sort_index()
 
 
 def budget_points(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
     paths = [table_dir / "summary.md", table_dir / "summary.tex", table_dir / "summary.csv"]
     md = tables.to_markdown(df, summary)
     if axis:
-        md = (f"> Budget axis: this summary shows each target's largest rung "
+        md = (f"> Budget axis: this summary shows each sampler's largest rung "
               f"({_rungs(df)}); every rung is in best_at_budget.md and the budget_*.png "
               f"figures (docs/budgets.md).\n\n") + md
     rows.write_text(paths[0], md)
@@ -86,11 +86,12 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
 
 
 def _rungs(df: pd.DataFrame) -> str:
-    from .budget_tables import with_budget
-    sub = with_budget(df)
-    return ", ".join(f"{t} {b:g} {'s' if u == 'seconds' else 'energy evaluations'}"
-                     for (t, u), b in sub.groupby(["target", "budget_unit"], sort=False)["budget"]
-                     .max().items())
+    from . import budget_tables
+    sub = budget_tables.with_budget(df)
+    return "; ".join(f"{t} {s} {budget_tables._short(b)} "
+                     f"{'s' if u == 'seconds' else 'energy evaluations'}"
+                     for (t, s, u), b in sub.groupby(["target", "sampler", "budget_unit"],
+                                                     sort=False)["budget"].max().items())
 
 
 def collect(out: str | Path, figures: bool = True) -> dict[str, list[Path]]:

@@ -209,10 +209,14 @@ def test_best_at_budget_gap_within_sem_and_single_seed():
     assert "| 1e3 evals | b | 3.1 ± 0.058 | 1e3 | c | 3.1 ± 0.1 | 1e3 | no |" in md
 
 
-def test_top_rung_keeps_the_largest_budget_per_target():
+def test_top_rung_keeps_each_samplers_largest_budget():
     df = _synthetic()
     top = budget_tables.top_rung(df)
     assert set(top["budget_energy_evals"]) == {1e4} and len(top) == 9
+    # a ladder extended for one sampler only: the others stay at their own top
+    top = budget_tables.top_rung(df[~((df["sampler"] == "c") & (df["budget_energy_evals"] == 1e4))])
+    assert {s: set(g["budget_energy_evals"]) for s, g in top.groupby("sampler")} == \
+        {"a": {1e4}, "b": {1e4}, "c": {1e3}}
 
 
 def test_extending_a_ladder_reuses_its_rungs_and_continues_from_the_old_top(tmp_path, capsys):
