@@ -37,9 +37,10 @@ Continuation (``state_dict`` / ``load_state_dict`` before ``fit``): the chains, 
 dual-averaging state and the fit generator's state are saved, and a fit after a load continues
 them with its budget (the remainder, runners/cell.py). The warm-up is planned as a single fit of
 the whole budget would plan it, so a continued fit equals one fit of the larger budget bit for
-bit when the earlier fit ended inside its warm-up or both plans give the same warm-up (it is
-capped by ``max_warmup_steps``); when the earlier fit had finished a shorter warm-up, the
-continued chains keep its frozen step size (docs/budgets.md).
+bit when the earlier fit ended inside its warm-up, ran no step, or both plans give the same
+warm-up (capped by ``max_warmup_steps``). When the earlier fit had finished a shorter warm-up,
+warm-up is reopened up to the new plan (``run_chains``): the chains then differ from one fit
+only by the steps the earlier fit ran with its frozen step size (docs/budgets.md).
 """
 from __future__ import annotations
 
@@ -313,7 +314,10 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
 
     ``carry`` (the ``"carry"`` of an earlier return, with the same ``pool`` and ``adapter``)
     continues that loop where it stopped: counts, acceptance sums, the live step size and a
-    warm-up that the budget had cut (it goes on to ``warm_steps``), as if it had never stopped."""
+    warm-up that the budget had cut (it goes on to ``warm_steps``), as if it had never stopped.
+    A warm-up that had ended before ``warm_steps`` (planned on a smaller budget) is reopened:
+    adaptation resumes from the adapter's state up to ``warm_steps`` and the states pooled
+    after the short warm-up are dropped; only the frozen steps in between differ from one fit."""
     step, warmup_done, post = 0, 0, 0
     warming = warm_steps > 0
     accepted = torch.zeros(state.x.shape[0], device=state.x.device)
@@ -325,6 +329,15 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
         warming = warming and step < warm_steps
         if not warming and carry["warming"]:  # the plan is already reached: freeze now
             warmup_done, h = step, adapter.final() if adapter is not None else h
+        elif not carry["warming"] and warmup_done < warm_steps and step < warm_steps:
+            # The fit below froze a shorter warm-up (a smaller budget plans a shorter one): warm
+            # up again until this budget's plan, from the dual-averaging state it reached, and
+            # drop what it pooled since, so the chains leave warm-up where one fit would.
+            warming, post = True, 0
+            h = adapter.state.step_size if adapter is not None else h
+            accepted = torch.zeros_like(accepted)
+            pool.chunks.clear()
+            pool.rows = 0
     while not clock.exhausted(steps_done + step) and clock.allows(cost):
         state, acc = step_fn(state, h)
         step += 1

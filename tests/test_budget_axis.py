@@ -227,3 +227,28 @@ def test_extending_a_ladder_reuses_its_rungs_and_continues_from_the_old_top(tmp_
     assert code == 0 and "2 finished cell(s) kept, 1 to run" in err
     top = {r["budget_energy_evals"]: r for r in rows.iter_rows(tmp_path)}[3000]
     assert top["continued_from"] == 2000 and top["ran_fresh"] is False
+
+
+def test_mcmc_reopens_a_warm_up_frozen_by_a_smaller_budget():
+    """The rung below planned 50 % of 2,000 evaluations as warm-up; the continued rung warms up
+    to 50 % of 20,000 like one fit of 20,000 (and drops what the short warm-up had pooled)."""
+    import samplers
+    import targets
+    from samplers import Budget
+    cls, t = samplers.get("mala"), targets.get("gmm40")
+    cfg = cls.Config(n_chains=16, thinning=1)
+    low = cls(cfg)
+    low.fit(t, Budget(max_energy_evals=2000), torch_gen())
+    assert low.state_dict()["carry"]["warmup_done"] == 62  # ceil(0.5 * ((2000 - 16) // 16))
+    cont = cls(cfg)
+    cont.load_state_dict(low.state_dict())
+    info = cont.fit(t, Budget(max_energy_evals=20_000 - 2000), torch_gen())
+    fresh = cls(cfg).fit(t, Budget(max_energy_evals=20_000), torch_gen())
+    for key in ("steps", "warmup_steps", "post_warmup_steps", "pool_size"):
+        assert info[key] == fresh[key], key
+    assert info["warmup_steps"] == 625  # ceil(0.5 * ((20000 - 16) // 16))
+
+
+def torch_gen():
+    import torch
+    return torch.Generator().manual_seed(3)
