@@ -144,19 +144,11 @@ def base_row(spec: CellSpec) -> dict:
             "status": "error", "reason": "", "energy_evals": 0, "grad_evals": 0,
             "fit_energy_evals": 0, "fit_grad_evals": 0, "fit_seconds": math.nan,
             "sample_seconds": math.nan, "metric_seconds": math.nan, "n_eval": spec.n_eval,
-            **(ladder_columns(spec) if spec.budget_unit else {}),
+            **(ladder.columns(spec) if spec.budget_unit else {}),
             "code_version": rows.code_version(), **rows.library_versions(),
             "metric_spec_version": metrics.SPEC_VERSION, "reference_source": "",
             "config": json.dumps(rows.jsonable(spec.resolved()), sort_keys=True),
             "host": socket.gethostname(), "started_at": _now(), **job_info()}
-
-
-def ladder_columns(spec: CellSpec) -> dict:
-    """The budget-axis columns before the cell runs (continuation is filled in by ``_resume``)."""
-    b = spec.budget
-    return {"budget_unit": spec.budget_unit, "budget_energy_evals": b.get("max_energy_evals"),
-            "budget_seconds": b.get("max_seconds"), "continued_from": "", "ran_fresh": True,
-            "continuation": ""}
 
 
 def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
@@ -261,7 +253,7 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["resumed_from_checkpoint"] = source == "checkpoint"
     prior = (resumed or {}).get("fit_seconds", 0.0)
     if spec.budget_unit:
-        row.update(_continuation(spec, sampler, resumed, source))
+        row.update(ladder.continuation(spec, sampler, resumed, source))
     extra = {k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row}
     live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
                 prior_seconds=prior, extra=extra)
@@ -393,25 +385,6 @@ def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | No
         # that applies its loaded state when it sees the target finishes setting up.
         return samplers.Budget(max_energy_evals=1, max_seconds=1e-6), ckpt, source
     return samplers.Budget(**b), ckpt, source
-
-
-def _continuation(spec: CellSpec, sampler, ckpt: dict | None, source: str) -> dict:
-    """``continued_from`` (the rung below, or ""), ``ran_fresh`` and a sentence saying why."""
-    if source == "checkpoint" and "continued_from" in ckpt:  # preempted: as the first attempt
-        return {k: ckpt[k] for k in ("continued_from", "ran_fresh", "continuation")}
-    if source == "previous":
-        below = ladder.rung_value(spec.budget_unit, spec.previous_budget)
-        return {"continued_from": below, "ran_fresh": False,
-                "continuation": f"continued from the {below:g} rung's saved state "
-                                f"(spent {ckpt['energy_evals']} energy evaluations, "
-                                f"{ckpt['fit_seconds']:.3g} s of fit there)"}
-    if not spec.previous:
-        why = "the first rung of its ladder"
-    elif not hasattr(sampler, "load_state_dict"):
-        why = f"{spec.sampler} has no state_dict/load_state_dict, so it cannot continue"
-    else:
-        why = "the rung below left no saved state (it failed or was skipped)"
-    return {"continued_from": "", "ran_fresh": True, "continuation": f"fresh: {why}"}
 
 
 def spec_asdict(spec: CellSpec) -> dict:

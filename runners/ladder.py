@@ -125,3 +125,30 @@ def remaining(budget: dict, spent_energy: int, spent_seconds: float) -> dict:
     if b.get("max_seconds") is not None:
         b["max_seconds"] -= spent_seconds
     return b
+
+
+def columns(spec) -> dict:
+    """The budget-axis columns before the cell runs (``continuation`` fills in the last three)."""
+    b = spec.budget
+    return {"budget_unit": spec.budget_unit, "budget_energy_evals": b.get("max_energy_evals"),
+            "budget_seconds": b.get("max_seconds"), "continued_from": "", "ran_fresh": True,
+            "continuation": ""}
+
+
+def continuation(spec, sampler, ckpt: dict | None, source: str) -> dict:
+    """``continued_from`` (the rung below, or ""), ``ran_fresh`` and a sentence saying why."""
+    if source == "checkpoint" and "continued_from" in ckpt:  # preempted: as the first attempt
+        return {k: ckpt[k] for k in ("continued_from", "ran_fresh", "continuation")}
+    if source == "previous":
+        below = rung_value(spec.budget_unit, spec.previous_budget)
+        return {"continued_from": below, "ran_fresh": False,
+                "continuation": f"continued from the {below:g} rung's saved state "
+                                f"(spent {ckpt['energy_evals']} energy evaluations, "
+                                f"{ckpt['fit_seconds']:.3g} s of fit there)"}
+    if not spec.previous:
+        why = "the first rung of its ladder"
+    elif not hasattr(sampler, "load_state_dict"):
+        why = f"{spec.sampler} has no state_dict/load_state_dict, so it cannot continue"
+    else:
+        why = "the rung below left no saved state (it failed or was skipped)"
+    return {"continued_from": "", "ran_fresh": True, "continuation": f"fresh: {why}"}
