@@ -43,7 +43,7 @@ import metrics
 import samplers
 import targets
 from samplers.allocator import retain_freed_memory
-from . import rows, scoring
+from . import ladder, rows, scoring
 from .config import build_sampler_config, load_plugins
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -77,6 +77,12 @@ class CellSpec:
     profile: str = ""
     plugins: tuple = ()
     timeout_s: float | None = None  # wall limit of the cell (SIGALRM); not part of its key
+    # The budget axis (runners/ladder.py); all empty for a grid without one, whose keys and rows
+    # are unchanged.
+    budget_unit: str = ""           # "energy_evals" | "seconds": this cell is a rung of a ladder
+    previous: str = ""              # key of the rung below (continuation source); "" for the first
+    previous_budget: dict | None = None
+    group: str = ""                 # key of the ladder's first rung: one worker runs the ladder
 
     @property
     def cell_seed(self) -> int:
@@ -88,7 +94,9 @@ class CellSpec:
                 "sampler": self.sampler, "sampler_config": self.sampler_config,
                 "budget": self.budget, "seed": self.seed, "base_seed": self.base_seed,
                 "cell_seed": self.cell_seed, "n_eval": self.n_eval,
-                "metric_options": self.metric_options, "metric_spec_version": metrics.SPEC_VERSION}
+                "metric_options": self.metric_options, "metric_spec_version": metrics.SPEC_VERSION,
+                **({"budget_unit": self.budget_unit, "continue_from": self.previous_budget}
+                   if self.budget_unit else {})}
 
     @property
     def key(self) -> str:
@@ -96,7 +104,19 @@ class CellSpec:
         :meth:`resolved` changes (the hash covers it all, target fingerprint included)."""
         blob = json.dumps(rows.jsonable(self.resolved()), sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        return f"{self.target}-{self.sampler}-s{self.seed}-{digest}"
+        rung = f"-{ladder.label(self.budget_unit, self.rung)}" if self.budget_unit else ""
+        return f"{self.target}-{self.sampler}-s{self.seed}{rung}-{digest}"
+
+    @property
+    def rung(self) -> float | None:
+        """The budget of this rung in its unit (None without a budget axis)."""
+        return ladder.rung_value(self.budget_unit, self.budget) if self.budget_unit else None
+
+    @property
+    def claim_dir(self) -> Path:
+        """Where a local worker claims this cell: the ladder's first rung for every rung, so one
+        worker runs a whole ladder, in order."""
+        return rows.cell_dir(self.out, self.group or self.key)
 
     @property
     def dir(self) -> Path:
@@ -124,6 +144,7 @@ def base_row(spec: CellSpec) -> dict:
             "status": "error", "reason": "", "energy_evals": 0, "grad_evals": 0,
             "fit_energy_evals": 0, "fit_grad_evals": 0, "fit_seconds": math.nan,
             "sample_seconds": math.nan, "metric_seconds": math.nan, "n_eval": spec.n_eval,
+            **(ladder.columns(spec) if spec.budget_unit else {}),
             "code_version": rows.code_version(), **rows.library_versions(),
             "metric_spec_version": metrics.SPEC_VERSION, "reference_source": "",
             "config": json.dumps(rows.jsonable(spec.resolved()), sort_keys=True),
@@ -136,6 +157,9 @@ def run_cell(spec: CellSpec, live: dict | None = None) -> dict:
     row = base_row(spec)
     spec.dir.mkdir(parents=True, exist_ok=True)
     rows.write_text(spec.dir / rows.CONFIG_FILE, OmegaConf.to_yaml(rows.jsonable(spec.resolved())))
+    # A rung's saved state is written after its fit completes; a stale one from an earlier attempt
+    # must not be continued from if this attempt fails before that point.
+    (spec.dir / ladder.STATE_FILE).unlink(missing_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     retain_freed_memory()  # every sampler's large temporaries reuse mapped pages
@@ -225,14 +249,22 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
         return
     row.update(target_pretty=target.pretty_name, sampler_pretty=getattr(cls, "pretty_name", spec.sampler))
     sampler = cls(build_sampler_config(spec.sampler, spec.sampler_config))
-    budget, resumed = _resume(spec, sampler, target)
-    row["resumed_from_checkpoint"] = resumed is not None
+    budget, resumed, source = _resume(spec, sampler, target)
+    row["resumed_from_checkpoint"] = source == "checkpoint"
     prior = (resumed or {}).get("fit_seconds", 0.0)
-    live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(), prior_seconds=prior)
+    if spec.budget_unit:
+        row.update(ladder.continuation(spec, sampler, resumed, source))
+    extra = {k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row}
+    live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
+                prior_seconds=prior, extra=extra)
     t0 = time.perf_counter()
     info = sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
     row["fit_seconds"] = time.perf_counter() - t0 + prior
+    row["fit_seconds_this_cell"] = time.perf_counter() - t0
     live.clear()
+    # Every rung saves its state, the top one too: a ladder extended later continues from it.
+    if spec.budget_unit and hasattr(sampler, "state_dict"):
+        _save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"])
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
     warnings = health_columns(row, info or {}, spec.budget)
     fit_counts = target.counter.snapshot()
@@ -248,7 +280,9 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
         x = sampler.sample(spec.n_eval, gen)
     row["sample_seconds"] = time.perf_counter() - t0
     counts = target.counter.snapshot()  # before metrics: metric energies are not the sampler's
-    row.update(energy_evals=counts["energy_evals"], grad_evals=counts["grad_evals"])
+    row.update(energy_evals=counts["energy_evals"], grad_evals=counts["grad_evals"],
+               sample_energy_evals=counts["energy_evals"] - fit_counts["energy_evals"],
+               sample_grad_evals=counts["grad_evals"] - fit_counts["grad_evals"])
     x = _check_samples(x, spec, target)
     rows.write_npy(spec.dir / rows.SAMPLES_FILE, x.numpy())
     row["samples_file"] = str(spec.dir / rows.SAMPLES_FILE)
@@ -315,32 +349,42 @@ def save_checkpoint(live: dict) -> bool:
     sampler, target, spec = live.get("sampler"), live.get("target"), live.get("spec")
     if sampler is None or not hasattr(sampler, "state_dict"):
         return False
-    buf = io.BytesIO()
-    torch.save({"state": sampler.state_dict(), **target.counter.snapshot(),
-                "fit_seconds": time.perf_counter() - live["t0"] + live["prior_seconds"]}, buf)
-    rows.write_bytes(spec.dir / CHECKPOINT_FILE, buf.getvalue())
+    _save_state(spec.dir / CHECKPOINT_FILE, sampler, target,
+                time.perf_counter() - live["t0"] + live["prior_seconds"], live.get("extra"))
     return True
 
 
-def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | None]:
-    """The budget for ``fit``: the full one, or after a checkpoint the remainder (energy and time
-    caps minus what was spent). Step caps are the sampler's own (counted in its state)."""
-    path = spec.dir / CHECKPOINT_FILE
-    if not (path.is_file() and hasattr(sampler, "load_state_dict")):
-        return samplers.Budget(**spec.budget), None
+def _save_state(path: Path, sampler, target, fit_seconds: float, extra: dict | None = None) -> None:
+    """The sampler's ``state_dict`` with the spending so far (a checkpoint, or a rung's state)."""
+    buf = io.BytesIO()
+    torch.save({"state": sampler.state_dict(), **target.counter.snapshot(),
+                "fit_seconds": fit_seconds, **(extra or {})}, buf)
+    rows.write_bytes(path, buf.getvalue())
+
+
+def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | None, str]:
+    """The budget for ``fit`` and where the sampler's state came from: ``"checkpoint"`` (this
+    cell was preempted), ``"previous"`` (the rung below's saved state) or ``""`` (a fresh fit,
+    the full budget). After a load the budget is the remainder (energy and time caps minus what
+    was spent); step caps are the sampler's own (counted in its state)."""
+    source, path = "", None
+    if hasattr(sampler, "load_state_dict"):
+        if (spec.dir / CHECKPOINT_FILE).is_file():
+            source, path = "checkpoint", spec.dir / CHECKPOINT_FILE
+        elif spec.previous:
+            below = rows.cell_dir(spec.out, spec.previous) / ladder.STATE_FILE
+            source, path = ("previous", below) if below.is_file() else ("", None)
+    if path is None:
+        return samplers.Budget(**spec.budget), None, ""
     ckpt = torch.load(path, weights_only=False)
     sampler.load_state_dict(ckpt["state"])
     target.counter.energy_evals, target.counter.grad_evals = ckpt["energy_evals"], ckpt["grad_evals"]
-    b = dict(spec.budget)
-    if b.get("max_energy_evals") is not None:
-        b["max_energy_evals"] -= ckpt["energy_evals"]
-    if b.get("max_seconds") is not None:
-        b["max_seconds"] -= ckpt["fit_seconds"]
+    b = ladder.remaining(spec.budget, ckpt["energy_evals"], ckpt["fit_seconds"])
     if any(v is not None and v <= 0 for v in b.values()):
         # Nothing remains: fit still runs, with a budget that is spent at once, so a sampler
         # that applies its loaded state when it sees the target finishes setting up.
-        return samplers.Budget(max_energy_evals=1, max_seconds=1e-6), ckpt
-    return samplers.Budget(**b), ckpt
+        return samplers.Budget(max_energy_evals=1, max_seconds=1e-6), ckpt, source
+    return samplers.Budget(**b), ckpt, source
 
 
 def spec_asdict(spec: CellSpec) -> dict:

@@ -23,6 +23,7 @@ import pandas as pd
 from . import rows, tables
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published.csv"
+BUDGET_COLS = ["budget_energy_evals", "budget_seconds"]  # the budget axis (runners/ladder.py)
 FIRST_COLS = ["target", "sampler", "seed", "status", "reason", "energy_evals", "grad_evals",
               "fit_seconds", "sample_seconds", "peak_memory_mb"]
 
@@ -39,13 +40,14 @@ def load_results(out: str | Path, verbose: bool = True) -> pd.DataFrame:
     df = pd.DataFrame(data)
     df["finished_at"] = df.get("finished_at", pd.Series([""] * len(df))).fillna("")
     df = df.sort_values("finished_at", kind="stable")
-    dup = df.duplicated(["target", "sampler", "seed"], keep="last")
+    ident = ["target", "sampler", "seed"] + [c for c in BUDGET_COLS if c in df.columns]
+    dup = df.duplicated(ident, keep="last")
     if dup.any() and verbose:
         print(f"[collect] {int(dup.sum())} superseded row(s) ignored (same target/sampler/seed, "
               f"older): {', '.join(df.loc[dup, 'cell_key'])}", file=sys.stderr)
     df = df[~dup]
     order = {t: i for i, t in enumerate(dict.fromkeys(df["target"]))}
-    df = df.sort_values(["target", "sampler", "seed"],
+    df = df.sort_values(ident,
                         key=lambda c: c.map(order) if c.name == "target" else c, kind="stable")
     cols = [c for c in FIRST_COLS if c in df.columns] + [c for c in df.columns if c not in FIRST_COLS]
     return df[cols].reset_index(drop=True)
@@ -58,9 +60,19 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
 
 def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
     table_dir.mkdir(parents=True, exist_ok=True)
+    axis = any(c in df.columns for c in BUDGET_COLS)
+    full = df
+    if axis:  # the summary has no budget column: it shows each target's largest rung
+        from . import budget_tables
+        df = budget_tables.top_rung(df)
     summary = tables.summarize(df)
     paths = [table_dir / "summary.md", table_dir / "summary.tex", table_dir / "summary.csv"]
-    rows.write_text(paths[0], tables.to_markdown(df, summary))
+    md = tables.to_markdown(df, summary)
+    if axis:
+        md = (f"> Budget axis: this summary shows each sampler's largest rung "
+              f"({_rungs(df)}); every rung is in best_at_budget.md and the budget_*.png "
+              f"figures (docs/budgets.md).\n\n") + md
+    rows.write_text(paths[0], md)
     rows.write_text(paths[1], tables.to_latex(df, summary))
     rows.write_text(paths[2], tables.to_csv_frame(summary).to_csv(index=False))
     comp = tables.comparison(summary, load_published())
@@ -68,7 +80,18 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
         paths += [table_dir / "published_comparison.md", table_dir / "published_comparison.csv"]
         rows.write_text(paths[3], tables.comparison_markdown(comp))
         rows.write_text(paths[4], comp.to_csv(index=False))
+    if axis:
+        paths += budget_tables.write(full, table_dir)
     return paths
+
+
+def _rungs(df: pd.DataFrame) -> str:
+    from . import budget_tables
+    sub = budget_tables.with_budget(df)
+    return "; ".join(f"{t} {s} {budget_tables._short(b)} "
+                     f"{'s' if u == 'seconds' else 'energy evaluations'}"
+                     for (t, s, u), b in sub.groupby(["target", "sampler", "budget_unit"],
+                                                     sort=False)["budget"].max().items())
 
 
 def collect(out: str | Path, figures: bool = True) -> dict[str, list[Path]]:
@@ -81,7 +104,12 @@ def collect(out: str | Path, figures: bool = True) -> dict[str, list[Path]]:
         written["tables"] = write_tables(df, out / "tables")
         if figures:
             from . import plots  # matplotlib only when figures are wanted
-            written["figures"] = plots.make_all(out, df)
+            if any(c in df.columns for c in BUDGET_COLS):  # the figures above at the top rung
+                from . import budget_plots, budget_tables
+                written["figures"] = plots.make_all(out, budget_tables.top_rung(df))
+                written["figures"] += budget_plots.make_all(df, out / "figures")
+            else:
+                written["figures"] = plots.make_all(out, df)
     print(f"[collect] {len(df)} row(s) -> {csv}; {len(written['tables'])} table file(s) in "
           f"{out / 'tables'}; {len(written['figures'])} figure(s) in {out / 'figures'}",
           file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import ladder as _ladder
 from . import plugins as _plugins
 
 import metrics
@@ -28,7 +29,8 @@ import targets
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 LAUNCHERS = ("auto", "local", "slurm", "debug")
 BUDGET_KEYS = ("max_energy_evals", "max_seconds", "max_steps")
-PROFILE_KEYS = ("seeds", "n_eval", "budget", "metric_options", "samplers", "description")
+PROFILE_KEYS = ("seeds", "n_eval", "budget", "budget_ladder", "budget_ladder_s", "metric_options",
+                "samplers", "description")
 PLUGINS_ENV = _plugins.PLUGINS_ENV
 
 
@@ -67,6 +69,8 @@ class GridConfig:
     figures: bool = True            # with collect: also the figures (the slowest part)
     yes: bool = False               # skip the confirmation prompt of an unprofiled (paper) run
     plugins: Any = None             # extra sampler/target modules or .py files: "mod,path/x.py"
+    budgets: Any = None             # budget axis: energy-evaluation ladder [1e5,1e6,1e7]
+    budgets_s: Any = None           # budget axis: wall-seconds ladder [30,300]
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
@@ -86,6 +90,8 @@ class Grid:
     metric_options: dict[str, dict]
     plugins: tuple[str, ...]
     out: str
+    # target -> (unit, [budget per rung]) for targets with a budget axis (runners/ladder.py)
+    ladders: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- plugins
@@ -375,8 +381,15 @@ def parse(argv: list[str]) -> Grid:
             sampler_configs[(s, t)] = check_sampler_values(s, values, "command line")
             validate_sampler_config(s, t, sampler_configs[(s, t)])
 
+    try:
+        ladders = _ladder.resolve({"budgets": cfg.budgets, "budgets_s": cfg.budgets_s}, profile,
+                                  str(ppath), t_names, budgets, targets.names())
+    except _ladder.LadderError as exc:
+        raise ConfigError(str(exc)) from None
+
     out = cfg.out or str(Path("results") / "runs" / (ppath.stem if cfg.profile else "paper"))
-    return Grid(config=cfg, profile_name=ppath.stem, profile_path=str(ppath), targets=t_names,
+    return Grid(ladders=ladders, config=cfg, profile_name=ppath.stem, profile_path=str(ppath),
+                targets=t_names,
                 samplers=s_names, seeds=seeds, n_eval=int(n_eval), budgets=budgets,
                 sampler_configs=sampler_configs, metric_options=dict(profile["metric_options"]),
                 plugins=plugins, out=out)

@@ -58,6 +58,8 @@ HELP = {
     "yes": "do not ask before an unprofiled (paper) run",
     "plugins": "extra sampler/target modules or .py files (mod,path/x.py); installed entry points "
                "load by themselves",
+    "budgets": "budget axis: energy-evaluation ladder, e.g. [1e5,1e6,1e7] (one cell per rung)",
+    "budgets_s": "budget axis: wall-seconds ladder of fit, e.g. [30,300] (machine-dependent)",
 }
 
 
@@ -95,16 +97,36 @@ def help_text(argv: list[str] | None = None) -> str:
 
 
 def build_specs(grid: cfgmod.Grid, launcher: str = "local") -> list[CellSpec]:
+    """One cell per (target, sampler, seed), or per rung of the target's budget ladder; the rungs
+    of one ladder are consecutive, in increasing budget (runners/ladder.py)."""
     fingerprints = {t: targets.get(t).fingerprint for t in grid.targets}
     out = str(Path(grid.out).resolve())
     timeout_s = None if launcher == "slurm" else 60.0 * grid.config.timeout_min
-    return [CellSpec(target=t, target_fingerprint=fingerprints[t], sampler=s, seed=seed,
-                     base_seed=grid.config.base_seed,
-                     sampler_config=grid.sampler_configs[(s, t)], budget=grid.budgets[t],
-                     n_eval=grid.n_eval, metric_options=grid.metric_options, out=out,
-                     threads=grid.config.threads, profile=grid.profile_name, plugins=grid.plugins,
-                     timeout_s=timeout_s)
-            for t in grid.targets for s in grid.samplers for seed in grid.seeds]
+    specs = []
+    for t in grid.targets:
+        for s in grid.samplers:
+            for seed in grid.seeds:
+                common = dict(target=t, target_fingerprint=fingerprints[t], sampler=s, seed=seed,
+                              base_seed=grid.config.base_seed,
+                              sampler_config=grid.sampler_configs[(s, t)], n_eval=grid.n_eval,
+                              metric_options=grid.metric_options, out=out,
+                              threads=grid.config.threads, profile=grid.profile_name,
+                              plugins=grid.plugins, timeout_s=timeout_s)
+                if t not in grid.ladders:
+                    specs.append(CellSpec(budget=grid.budgets[t], **common))
+                    continue
+                unit, rungs = grid.ladders[t]
+                below, group = None, ""
+                for b in rungs:
+                    spec = CellSpec(budget=b, budget_unit=unit, previous=below.key if below else "",
+                                    previous_budget=below.budget if below else None,
+                                    group=group, **common)
+                    if not group:  # the first rung names the ladder
+                        group = spec.key
+                        spec = dataclasses.replace(spec, group=group)
+                    specs.append(spec)
+                    below = spec
+    return specs
 
 
 def energy_throughput(target_name: str, seconds: float = 0.3) -> float:
@@ -169,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         per_target = {t: sum(s.target == t for s in specs) for t in report.missing}
         print(references.missing_message(report, per_target), file=sys.stderr)
     workers = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.threads)
+    rungs = "".join(f" x {len(r)} budget(s) on {t}" for t, (_, r) in grid.ladders.items())
     print(f"[grid] {len(grid.targets)} target(s) x {len(grid.samplers)} sampler(s) x "
-          f"{len(grid.seeds)} seed(s) = {len(specs)} cells | profile {grid.profile_name} | "
+          f"{len(grid.seeds)} seed(s){rungs} = {len(specs)} cells | profile {grid.profile_name} | "
           f"launcher {launcher} | out {grid.out}", file=sys.stderr)
     if cfg.profile is None:
         print(estimate(grid, specs, workers), file=sys.stderr)

@@ -59,12 +59,15 @@ class CellBatch(submitit.helpers.Checkpointable):
     With ``claim`` set (local workers) several CellBatch jobs share one list: each cell is run by
     the worker that first creates its claim file ``.claim-<claim>`` (``O_EXCL``, atomic), so
     ``workers`` long-lived processes drain the grid without importing torch once per cell. A
-    worker stops taking cells when the grid process ``parent_pid`` is gone (SIGKILL).
+    worker stops taking cells when the grid process ``parent_pid`` is gone (SIGKILL). The rungs
+    of a budget ladder share one claim (``CellSpec.claim_dir``, the first rung's folder): the
+    worker that takes it runs every rung, in order, so each rung finds the one below finished.
     """
 
     def __init__(self, claim: str | None = None, parent_pid: int | None = None) -> None:
         self.claim, self.parent_pid = claim, parent_pid
         self._live: dict = {}
+        self._mine: set = set()  # claim folders this worker holds
 
     def __call__(self, specs: list[CellSpec]) -> list[dict]:
         out = []
@@ -76,16 +79,18 @@ class CellBatch(submitit.helpers.Checkpointable):
             if self.claim is not None:
                 if not _alive(self.parent_pid):
                     break
-                if not self._take(spec):
-                    continue
+                if spec.claim_dir not in self._mine:
+                    if not self._take(spec):
+                        continue
+                    self._mine.add(spec.claim_dir)
             out.append(run_cell(spec, live=self._live))
         return out
 
     def _take(self, spec: CellSpec) -> bool:
-        spec.dir.mkdir(parents=True, exist_ok=True)
+        spec.claim_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(spec.dir / f".claim-{self.claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                         0o666)  # umask applies, as for every results file
+            fd = os.open(spec.claim_dir / f".claim-{self.claim}",
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # umask applies, as for every results file
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:  # which worker (and its log) took the cell
@@ -103,7 +108,8 @@ class CellBatch(submitit.helpers.Checkpointable):
         return DelayedSubmission(CellBatch(self.claim, self.parent_pid), specs)
 
     def __getstate__(self) -> dict:
-        return {"claim": self.claim, "parent_pid": self.parent_pid, "_live": {}}  # no live sampler
+        return {"claim": self.claim, "parent_pid": self.parent_pid, "_live": {},  # no live sampler
+                "_mine": set()}
 
 
 def _alive(pid: int | None) -> bool:
@@ -191,7 +197,16 @@ def _local_gpus() -> dict:
 
 
 def batches(specs: list[CellSpec], size: int) -> list[list[CellSpec]]:
-    return [specs[i:i + size] for i in range(0, len(specs), size)]
+    """Packs of up to ``size`` cells; the rungs of one budget ladder (consecutive in ``specs``)
+    always share a pack, which then may hold more than ``size`` cells."""
+    packs: list[list[CellSpec]] = []
+    for spec in specs:
+        same_ladder = bool(spec.group) and bool(packs) and packs[-1][-1].group == spec.group
+        if packs and (same_ladder or len(packs[-1]) < size):
+            packs[-1].append(spec)
+        else:
+            packs.append([spec])
+    return packs
 
 
 class Progress:
@@ -303,7 +318,7 @@ def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Pro
     finally:
         if tag is not None:
             for spec in specs:
-                (spec.dir / f".claim-{tag}").unlink(missing_ok=True)
+                (spec.claim_dir / f".claim-{tag}").unlink(missing_ok=True)
     for spec in specs:  # every worker stopped but some cells were never taken
         if spec.key not in results:
             row = base_row(spec)
@@ -339,7 +354,7 @@ def _fresh_row(spec: CellSpec, t0: float) -> dict | None:
 
 
 def _claimed(spec: CellSpec, tag: str) -> bool:
-    return (spec.dir / f".claim-{tag}").is_file()
+    return (spec.claim_dir / f".claim-{tag}").is_file()
 
 
 def _stop_local(jobs: list) -> int:
@@ -434,7 +449,8 @@ def _workers(cfg) -> int:
 def _running(jobs: list, launcher: str, specs, results, tag) -> int:
     """Cells running now: local, claimed without a row; slurm, array tasks in RUNNING."""
     if launcher == "local":
-        return sum(1 for s in specs if s.key not in results and _claimed(s, tag))
+        # one running cell per claim: the rungs of a ladder share theirs and run one by one
+        return len({s.claim_dir for s in specs if s.key not in results and _claimed(s, tag)})
     if launcher == "slurm":
         return sum(1 for job, _ in jobs if job.state in ("RUNNING", "COMPLETING"))
     return len(jobs)
@@ -449,7 +465,7 @@ def _dead_row(spec: CellSpec, job, exc: Exception, launcher: str, cfg, t0: float
     timed_out = "TIMEOUT" in text.upper() or "TIMED-OUT" in text.upper()
     log = str(getattr(getattr(job, "paths", None), "stderr", ""))
     if tag is not None:
-        log = (spec.dir / f".claim-{tag}").read_text() or log
+        log = (spec.claim_dir / f".claim-{tag}").read_text() or log
     row = base_row(spec)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     row.update(status="timeout" if timed_out else "error", job_id=str(job.job_id), log=log,

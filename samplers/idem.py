@@ -130,8 +130,13 @@ class IDEM:
         self._stop = clock.out_of_time if clock is not None else None
         self.buffer = ReplayBuffer(target.dim, c.buffer_size, c.buffer_min, self.device) \
             if self.use_buffer else None
+        self._fit_gen, self._partial = g, []
         if self._pending_state is not None:
             self._load(self._pending_state)
+            if self._pending_state.get("generator") is not None:
+                # after the (overwritten) initial network was drawn: the stream goes on exactly
+                # where the saved fit stopped, so a continued fit equals one longer fit
+                g.set_state(self._pending_state["generator"])
             self._pending_state = None
         elif self.use_buffer:
             self._init_buffer(g, clock)
@@ -234,8 +239,11 @@ class IDEM:
         c, step_cost = self.rc, self.rc.batch_size * self.rc.n_mc
         init_evals, done = clock.energy_evals, False
         while not done and (c.max_outer is None or self.outer < c.max_outer):
-            losses = []
-            for _ in range(c.n_inner):
+            # A continued fit first completes the outer iteration its budget had cut short.
+            losses, self._partial = self._partial, []
+            if losses:
+                self.history.pop()  # that iteration's partial mean, recorded below last time
+            while len(losses) < c.n_inner:
                 if clock.exhausted(self.steps) or not clock.allows(step_cost):
                     done = True
                     break
@@ -244,6 +252,7 @@ class IDEM:
                 done = not self._end_outer(generator, losses, stop=clock.out_of_time)
             elif losses:  # partial outer iteration: no generation (training is over)
                 self.history.append(sum(losses) / len(losses))
+                self._partial = losses
         if done and clock.binding == "none":  # a generation stopped by max_seconds
             clock.exhausted(self.steps)
         seconds = time.perf_counter() - t0
@@ -304,7 +313,8 @@ class IDEM:
         self._require_setup("state_dict")
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps,
                 "outer": self.outer, "history": list(self.history), "init": self.init_mode,
-                "buffer": self.buffer.state_dict() if self.buffer is not None else None}
+                "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+                "partial": list(self._partial), "generator": self._fit_gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore before ``fit``/``setup`` (applied when the target is known), or right away."""
@@ -318,6 +328,7 @@ class IDEM:
         self.opt.load_state_dict(s["opt"])
         self.steps, self.outer, self.history, self.init_mode = \
             s["steps"], s["outer"], list(s["history"]), s["init"]
+        self._partial = list(s.get("partial", []))
         if self.buffer is not None and s["buffer"] is not None:
             self.buffer.load_state_dict(s["buffer"])
 

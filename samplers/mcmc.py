@@ -31,8 +31,16 @@ DW-4 starts are then quenched by a short displacement-capped gradient descent (`
 its evaluations are charged to the budget), see :func:`samplers.starts.quench`.
 
 ``device="cuda"`` runs the chains on a GPU with a generator there seeded once from ``fit``'s;
-the pool and ``sample`` output stay CPU float32. Checkpointing (``state_dict``) is not offered:
-a preempted MCMC cell restarts.
+the pool and ``sample`` output stay CPU float32.
+
+Continuation (``state_dict`` / ``load_state_dict`` before ``fit``): the chains, pool, loop counts,
+dual-averaging state and the fit generator's state are saved, and a fit after a load continues
+them with its budget (the remainder, runners/cell.py). The warm-up is planned as a single fit of
+the whole budget would plan it, so a continued fit equals one fit of the larger budget bit for
+bit when the earlier fit ended inside its warm-up, ran no step, or both plans give the same
+warm-up (capped by ``max_warmup_steps``). When the earlier fit had finished a shorter warm-up,
+warm-up is reopened up to the new plan (``run_chains``): the chains then differ from one fit
+only by the steps the earlier fit ran with its frozen step size (docs/budgets.md).
 """
 from __future__ import annotations
 
@@ -110,6 +118,8 @@ class _MCMCSampler:
         self.config = validated(cfg, self.name)
         self.pool: torch.Tensor | None = None
         self.target = None
+        self._pending_state: dict | None = None
+        self._saved: dict | None = None  # what state_dict returns (set at the end of fit)
 
     @classmethod
     def tiny_config(cls, target):
@@ -127,6 +137,9 @@ class _MCMCSampler:
         self.target = target
         dev = resolve_device(cfg.device, self.name)
         clock = budget.start(target)
+        if self._pending_state is not None:  # continue the chains of a state_dict
+            saved, self._pending_state = self._pending_state, None
+            return self._continue(target, saved, budget, clock, device_generator(generator, dev))
         if not clock.allows(c):
             raise ValueError(f"{self.name}: budget max_energy_evals={budget.max_energy_evals} is "
                              f"below one evaluation of n_chains={c} chains; lower n_chains")
@@ -144,6 +157,39 @@ class _MCMCSampler:
         self._check(state, "initial state")
         return self._run(target, state, budget, clock, device_generator(generator, dev),
                          {"init": init, "init_scale": scale, "quench_steps": n_q})
+
+    # ------------------------------------------------------------------ continuation
+    def state_dict(self) -> dict[str, Any]:
+        """Chains, step size, dual-averaging state, pool, loop counts and the fit generator's
+        state after ``fit``: a later ``fit`` after ``load_state_dict`` continues the same chains
+        (runners/cell.py: the next rung of a budget ladder, or a preempted cell)."""
+        if self._saved is None:
+            raise RuntimeError(f"{self.name}.state_dict: call fit first")
+        return {**self._saved, "generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Before ``fit``: the next ``fit`` continues these chains with its (remaining) budget.
+        After ``fit``: the pool is restored at once (``sample`` draws as before)."""
+        if state.get("kernel") != self.kernel:
+            raise ValueError(f"{self.name}.load_state_dict: the state is of kernel "
+                             f"{state.get('kernel')!r}, not {self.kernel!r}")
+        if self.pool is None:
+            self._pending_state = state
+        else:
+            self._saved, self.pool = state, state["final_pool"]
+
+    def _continue(self, target, saved, budget, clock, gen) -> dict[str, Any]:
+        if saved["target"] != target.name:
+            raise ValueError(f"{self.name}.fit: the loaded state is of target {saved['target']!r}, "
+                             f"not {target.name!r}")
+        gen.set_state(saved["generator"])
+        dev = gen.device if gen.device.type != "cpu" else torch.device(self.config.device)
+        state = kernels.State(*(t.to(dev) for t in saved["chain"]))
+        pool = Pool(self.config.pool_size)
+        pool.chunks, pool.rows = list(saved["pool_chunks"]), saved["pool_rows"]
+        return self._run(target, state, budget, clock, gen, dict(saved["info"]),
+                         resume={"carry": saved["carry"], "adapter": saved["adapter"],
+                                 "pool": pool})
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``[n, dim]`` float32 states from the pool, without replacement when ``n`` <= pool size
@@ -168,12 +214,14 @@ class _MCMCSampler:
         check_finite(state.energy, f"{self.name}: energy of the {what}")
         check_finite(state.x, f"{self.name}: positions of the {what}")
 
-    def _plan_warmup(self, budget: Budget, cost: int) -> tuple[float, float]:
-        """(warm-up steps, warm-up seconds) from the budget; inf where that cap is absent."""
+    def _plan_warmup(self, budget: Budget, cost: int, done: int = 0) -> tuple[float, float]:
+        """(warm-up steps, warm-up seconds) from the budget; inf where that cap is absent.
+        ``done``: steps run before a continued fit, whose budget is the remainder (so the plan
+        is the one a single fit of the whole budget makes)."""
         cfg = self.config
         planned = math.inf
         if budget.max_energy_evals is not None:
-            planned = (budget.max_energy_evals - self._spent) // cost
+            planned = done + (budget.max_energy_evals - self._spent) // cost
         if budget.max_steps is not None:
             planned = min(planned, budget.max_steps)
         steps = math.ceil(cfg.warmup_fraction * planned) if planned < math.inf else math.inf
@@ -184,25 +232,35 @@ class _MCMCSampler:
             steps = 1000
         return steps, secs
 
-    def _run(self, target, state, budget, clock, gen, info) -> dict[str, Any]:
+    def _run(self, target, state, budget, clock, gen, info, resume=None) -> dict[str, Any]:
         cfg = self.config
         cost = cfg.n_chains * (cfg.n_leapfrog if self.kernel == "hmc" else 1)
         project = target.remove_mean if is_particle(target) else None
         h = cfg.step_size or STEP_DEFAULTS[self.kernel].get(target.name, FALLBACK_STEP[self.kernel])
         accept_target = cfg.target_accept or TARGET_ACCEPT[self.kernel]
         adapter = kernels.Adapter(h, accept_target) if cfg.adapt else None
+        carry = None
+        if resume is not None:
+            carry = resume["carry"]
+            if adapter is not None and resume["adapter"] is not None:
+                adapter.state = resume["adapter"]
         self._spent = clock.energy_evals
-        warm_steps, warm_secs = self._plan_warmup(budget, cost)
+        warm_steps, warm_secs = self._plan_warmup(budget, cost, carry["step"] if carry else 0)
         if cfg.warmup_fraction == 0:
             warm_steps = 0
-        pool = Pool(cfg.pool_size)
+        pool = resume["pool"] if resume is not None else Pool(cfg.pool_size)
         run = run_chains(state, lambda st, h_: self._step(st, target.energy_and_grad, h_, gen, project),
                          h, clock, cost, pool, cfg.thinning, adapter, warm_steps, warm_secs,
-                         check=self._check)
+                         check=self._check, carry=carry)
         state, h = run.pop("state"), run["step_size"]
+        self._gen = gen
+        self._saved = {"kernel": self.kernel, "target": target.name, "info": info,
+                       "chain": tuple(t.detach().cpu() for t in state), "carry": run.pop("carry"),
+                       "adapter": adapter.state if adapter is not None else None,
+                       "pool_chunks": list(pool.chunks), "pool_rows": pool.rows}
         if not pool.chunks:
             pool.add(state.x)
-        self.pool = pool.tensor()
+        self.pool = self._saved["final_pool"] = pool.tensor()
         self.step_size = h
         warnings = []
         if run["steps"] == 0:
@@ -244,7 +302,7 @@ class Pool:
 
 def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, adapter=None,
                warm_steps: float = 0, warm_secs: float = math.inf, check=None,
-               steps_done: int = 0) -> dict[str, Any]:
+               steps_done: int = 0, carry: dict | None = None) -> dict[str, Any]:
     """The shared loop: ``state, acc = step_fn(state, h)`` while the budget allows ``cost`` more
     evaluations. The first ``warm_steps`` steps (or ``warm_secs`` seconds) are warm-up: ``adapter``
     (if any) updates h after each, and at the end h is frozen at ``adapter.final()``. Afterwards
@@ -252,11 +310,34 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
     count toward ``Budget.max_steps``. Returns the final state, step size and counts, and the
     acceptance: ``acceptance`` / ``acceptance_min_chain`` over post-warm-up steps (None without
     any), ``acceptance_mean`` / ``acceptance_min`` (over chains) over the post-warm-up steps, or
-    over all steps when none was post-warm-up (NaN without any step)."""
+    over all steps when none was post-warm-up (NaN without any step).
+
+    ``carry`` (the ``"carry"`` of an earlier return, with the same ``pool`` and ``adapter``)
+    continues that loop where it stopped: counts, acceptance sums, the live step size and a
+    warm-up that the budget had cut (it goes on to ``warm_steps``), as if it had never stopped.
+    A warm-up that had ended before ``warm_steps`` (planned on a smaller budget) is reopened:
+    adaptation resumes from the adapter's state up to ``warm_steps`` and the states pooled
+    after the short warm-up are dropped; only the frozen steps in between differ from one fit."""
     step, warmup_done, post = 0, 0, 0
     warming = warm_steps > 0
     accepted = torch.zeros(state.x.shape[0], device=state.x.device)
     accepted_all = torch.zeros_like(accepted)
+    if carry is not None:
+        step, warmup_done, post, warming, h = (carry["step"], carry["warmup_done"], carry["post"],
+                                               carry["warming"], carry["h"])
+        accepted, accepted_all = carry["accepted"].to(accepted), carry["accepted_all"].to(accepted)
+        warming = warming and step < warm_steps
+        if not warming and carry["warming"]:  # the plan is already reached: freeze now
+            warmup_done, h = step, adapter.final() if adapter is not None else h
+        elif not carry["warming"] and warmup_done < warm_steps and step < warm_steps:
+            # The fit below froze a shorter warm-up (a smaller budget plans a shorter one): warm
+            # up again until this budget's plan, from the dual-averaging state it reached, and
+            # drop what it pooled since, so the chains leave warm-up where one fit would.
+            warming, post = True, 0
+            h = adapter.state.step_size if adapter is not None else h
+            accepted = torch.zeros_like(accepted)
+            pool.chunks.clear()
+            pool.rows = 0
     while not clock.exhausted(steps_done + step) and clock.allows(cost):
         state, acc = step_fn(state, h)
         step += 1
@@ -274,10 +355,13 @@ def run_chains(state, step_fn, h, clock, cost: int, pool: Pool, thinning: int, a
         accepted += acc.float()
         if post % thinning == 0:
             pool.add(state.x)
+    live = {"step": step, "warmup_done": warmup_done, "post": post, "warming": warming, "h": h,
+            "accepted": accepted.cpu(), "accepted_all": accepted_all.cpu()}
     if warming:  # the budget ended inside warm-up: freeze what adaptation reached
         warmup_done = step
         h = adapter.final() if adapter is not None else h
-    return {"state": state, "steps": step, "warmup_steps": warmup_done, "post_warmup_steps": post,
+    return {"state": state, "carry": live, "steps": step, "warmup_steps": warmup_done,
+            "post_warmup_steps": post,
             "step_size": h, "acceptance": float(accepted.mean() / post) if post else None,
             "acceptance_min_chain": float(accepted.min() / post) if post else None,
             "acceptance_mean": (float(accepted.mean() / post) if post else

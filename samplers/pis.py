@@ -196,8 +196,13 @@ class ControlledSDESampler:
         opt = self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
         self.steps = 0
+        self._generator = generator
         if self._pending_state is not None:  # resume from a checkpoint (runners/cell.py)
             self._load(self._pending_state)
+            if self._pending_state.get("generator") is not None:
+                # after _bind drew the (overwritten) initial network: the stream goes on exactly
+                # where the saved fit stopped, so a continued fit equals one longer fit
+                generator.set_state(self._pending_state["generator"])
             self._pending_state = None
         cost = cfg.batch_size * (cfg.n_steps + 1)  # N score calls + 1 terminal energy_and_grad
         it, last = self.steps, {}
@@ -228,12 +233,14 @@ class ControlledSDESampler:
                 **{f"train_{k}": v for k, v in last.items()}}
 
     def state_dict(self) -> dict[str, Any]:
-        """Network, optimiser and step count (for preemption checkpoints); the generator's state
-        is not saved, so a resumed run is not bit-identical to an uninterrupted one."""
+        """Network, optimiser, step count and the fit generator's state. Saved after ``fit`` (the
+        rung of a budget ladder), a later fit after ``load_state_dict`` continues bit for bit as
+        one longer fit; saved mid-step (a preemption checkpoint) it is only approximately so."""
         if self.net is None:
             raise RuntimeError(f"{self.name}.state_dict: call fit first")
+        gen = getattr(self, "_generator", None)
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps,
-                "sigma": self.sigma}
+                "sigma": self.sigma, "generator": gen.get_state() if gen is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; before ``fit`` it is applied once the target is bound

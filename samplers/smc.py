@@ -240,6 +240,7 @@ class SMC:
             run = run_chains(state, lambda st, h_: step_fn(st, target.energy_and_grad, h_, gen, project),
                              h, clock, c, pool, cfg.thinning, steps_done=steps)
             state = run.pop("state")
+            run.pop("carry")  # SMC does not continue (no state_dict)
         check_finite(state.energy, "smc: energies")
         self.pool = pool.tensor()
         smc_steps = steps
