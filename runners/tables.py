@@ -51,7 +51,7 @@ MARK_TEXT = {
 }
 FAILED_STATUSES = ("error", "diverged", "timeout")
 SUMMARY_COLS = ["target", "sampler", "metric", "mean", "sem", "n", "n_ok", "n_seeds", "state",
-                "profile", "units", "direction"]
+                "profile", "n_eval", "units", "direction"]
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -94,6 +94,12 @@ def _metric_errors(g: pd.DataFrame) -> str:
 
 def _profile(g: pd.DataFrame) -> str:
     return ", ".join(dict.fromkeys(str(p) for p in _col(g, "profile").dropna() if str(p)))
+
+
+def _n_eval(g: pd.DataFrame) -> str:
+    """Samples scored per seed ("1000"; several values "; "-joined; "" when unrecorded)."""
+    vals = [str(int(v)) for v in pd.to_numeric(_col(g, "n_eval"), errors="coerce").dropna()]
+    return "; ".join(dict.fromkeys(vals))
 
 
 def cell_state(g: pd.DataFrame, metric: str) -> tuple[str, np.ndarray]:
@@ -152,7 +158,7 @@ def summarize(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFram
             info = style.metric_info(m)
             out.append({"target": t, "sampler": s, "metric": m, "mean": mean, "sem": sem,
                         "n": len(v), "n_ok": n_ok, "n_seeds": n_seeds, "state": state,
-                        "profile": _profile(g), "units": info.units,
+                        "profile": _profile(g), "n_eval": _n_eval(g), "units": info.units,
                         "direction": info.direction})
     return pd.DataFrame(out, columns=SUMMARY_COLS)
 
@@ -484,19 +490,31 @@ def comparison(summary: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (t, m), g in pub.groupby(["target", "metric"], sort=False):
         ours = summary[(summary["target"] == t) & (summary["metric"] == m)]
+        published_sizes = {str(int(v)) for v in pd.to_numeric(g["n_samples"], errors="coerce")
+                           .dropna()} if "n_samples" in g else set()
         for _, r in ours.iterrows():
-            prof = r.get("profile", "")
+            prof, n_eval = r.get("profile", ""), str(r.get("n_eval", "") or "")
+            notes = [style.SMOKE_CAVEAT] if style.is_smoke(prof) else []
+            if n_eval and published_sizes and n_eval not in published_sizes:
+                # W2-type metrics are biased upwards at small n: a figure at another sample size
+                # is not the same number (results/published.csv n_samples).
+                notes.append(f"scored on {n_eval} samples; published on "
+                             f"{', '.join(sorted(published_sizes))}: not comparable")
             out.append({"target": t, "metric": m, "who": "ours",
                         "method": style.sampler_pretty(r["sampler"]),
                         "value": r["mean"], "spread": r["sem"], "spread_kind": "s.e.m.",
-                        "n": r["n"], "profile": prof, "state": r.get("state", "ok"),
-                        "note": style.SMOKE_CAVEAT if style.is_smoke(prof) else ""})
+                        "n": r["n"], "n_samples": n_eval, "profile": prof,
+                        "state": r.get("state", "ok"), "note": "; ".join(notes)})
         for _, r in g.iterrows():
+            n_samples = pd.to_numeric(pd.Series([r.get("n_samples")]), errors="coerce").iloc[0]
             out.append({"target": t, "metric": m, "who": r["source"], "method": r["method"],
                         "value": r["value"], "spread": r["std"], "spread_kind": "std",
-                        "n": r.get("n_seeds"), "profile": "", "state": "", "note": ""})
+                        "n": r.get("n_seeds"),
+                        "n_samples": "" if pd.isna(n_samples) else str(int(n_samples)),
+                        "profile": "", "state": "", "note": ""})
     return pd.DataFrame(out, columns=["target", "metric", "who", "method", "value", "spread",
-                                      "spread_kind", "n", "profile", "state", "note"])
+                                      "spread_kind", "n", "n_samples", "profile", "state",
+                                      "note"])
 
 
 def comparison_markdown(comp: pd.DataFrame) -> str:
@@ -512,7 +530,8 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
     lines += [f"Our side: profile {profiles}; mean ± s.e.m. over ok seeds. Published spreads are "
               "the source's std. Sample sizes must match for W2 (biased upwards at small n): see "
               "n_eval in results.csv.", "",
-              "| target | metric | source | method | value |", "|---|---|---|---|---|"]
+              "| target | metric | source | method | samples | value | note |",
+              "|---|---|---|---|---|---|---|"]
     for _, r in comp.iterrows():
         spread = r["spread"]
         who = r["who"]
@@ -524,7 +543,10 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
                 who = "ours (smoke run)"
         else:  # published numbers exactly as printed by the source
             val = f"{r['value']:g}" + (f" ± {spread:g}" if pd.notna(spread) else "")
-        lines.append(f"| {r['target']} | {r['metric']} | {who} | {r['method']} | {val} |")
+        note = r.get("note", "") if r["who"] == "ours" else ""
+        note = "" if style.is_smoke(r.get("profile", "")) and note == style.SMOKE_CAVEAT else note
+        lines.append(f"| {r['target']} | {r['metric']} | {who} | {r['method']} | "
+                     f"{r.get('n_samples', '')} | {val} | {note} |")
     marks = [f"{MARKS[k]} = {MARK_TEXT[k]}" for k in ("na", "noref", "failed", "error")
              if (comp["state"] == k).any()]
     if marks:

@@ -134,8 +134,8 @@ def test_published_comparison_flags_smoke_runs_only():
     paper = tables.comparison(tables.summarize(rows()), pub)
     md = tables.comparison_markdown(paper)
     assert "smoke" not in md.lower()
-    assert "| dw4 | x_w2 | ours | FAB | 4 ± 1 |" in md
-    assert "| dw4 | x_w2 | ours | iDEM | failed |" in md
+    assert "| dw4 | x_w2 | ours | FAB | 1000 | 4 ± 1 |" in md
+    assert "| dw4 | x_w2 | ours | iDEM | 1000 | failed |" in md
     smoke = rows().assign(profile="smoke")
     comp = tables.comparison(tables.summarize(smoke), pub)
     md = tables.comparison_markdown(comp)
