@@ -182,3 +182,13 @@ def test_target_acceptance_outside_the_open_unit_interval_is_refused(target_acce
 def test_dual_averaging_refuses_a_bad_initial_step(step):
     with pytest.raises(ValueError, match="step_size"):
         kernels.dual_averaging_init(step)
+
+
+def test_dual_averaging_reads_a_nan_acceptance_as_zero():
+    """No finite acceptance (every proposal non-finite) counts as acceptance 0: the step shrinks."""
+    da = kernels.dual_averaging_init(0.3)
+    nan = kernels.dual_averaging_update(da, float("nan"), 0.65)
+    zero = kernels.dual_averaging_update(da, 0.0, 0.65)
+    assert (nan.log_step, nan.log_step_avg, nan.h_bar) == (zero.log_step, zero.log_step_avg,
+                                                           zero.h_bar)
+    assert nan.h_bar == pytest.approx(0.65 / 11)
