@@ -176,7 +176,8 @@ class AugmentedCouplingFlow(nn.Module):
 
     def aux_sample(self, x: torch.Tensor, generator: torch.Generator, scale: float | None = None):
         s = self.target_aug_scale if scale is None else scale
-        eps = torch.randn(x.shape[0], self.n, self.n_aug, self.d, generator=generator)
+        eps = torch.randn(x.shape[0], self.n, self.n_aug, self.d, generator=generator,
+                          device=generator.device)
         return x.unsqueeze(2) + s * eps.to(x)
 
     def log_prob_joint(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -239,3 +240,18 @@ class FlatAugmentedFlow(nn.Module):
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob_joint(*self.split(u))
+
+
+def joint_log_p_and_grad(flat: FlatAugmentedFlow, target, u: torch.Tensor):
+    """FAB's AIS target on the joint space, log p̃(x) + log pi(a|x) (their ``joint_log_prob``), and
+    its gradient in u ``[n, dim]``; Z is unchanged because pi is normalised. The target's energy is
+    charged through ``target.energy_and_grad``."""
+    f = flat.flow
+    x, a = flat.split(u.detach())
+    e, g = target.energy_and_grad(x.reshape(x.shape[0], -1))
+    e, g = e.to(u), g.to(u).reshape(x.shape)
+    s2 = f.target_aug_scale ** 2
+    r = (a - x.unsqueeze(2)) / s2                                  # -d log pi / d a
+    grad_x = r.sum(2) - g
+    grad_u = torch.cat([grad_x.reshape(x.shape[0], -1) @ flat.basis, -r.reshape(r.shape[0], -1)], 1)
+    return -e + f.aux_log_prob(a, x), grad_u
