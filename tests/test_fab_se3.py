@@ -10,8 +10,9 @@ import torch
 import samplers
 import targets
 from metrics import density
+from runners import check
 from samplers.base import Budget
-from samplers.fab import FABConfig
+from samplers.fab import FAB, FABConfig
 from samplers.se3_flow import joint_log_p_and_grad
 
 TINY = dict(flow="se3_aug", n_layers=1, hidden=8, egnn_blocks=1, egnn_features=8, batch_size=32,
@@ -69,6 +70,27 @@ def test_se3_aug_needs_a_particle_target_and_valid_settings():
     with pytest.raises(ValueError, match="n_aug: got 2"):
         samplers.get("fab")(FABConfig(flow="se3_aug", n_aug=2))
     assert FABConfig().flow == "realnvp"
+
+
+class _FabSE3(FAB):
+    """FAB whose contract configuration is the tiny se3_aug one (runners.check reads it)."""
+
+    @classmethod
+    def tiny_config(cls, target):
+        return FABConfig(**{**TINY, "max_iters": 4})
+
+
+@pytest.mark.parametrize("target_name", ["dw4", pytest.param("lj13", marks=pytest.mark.slow)])
+def test_se3_aug_passes_the_sampler_contract(target_name):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lines = check.check_sampler(_FabSE3, target_name)
+    finally:
+        torch.set_num_threads(before)
+    failed = [str(line) for line in lines if not line.ok]
+    assert not failed, "\n".join(failed)
+    assert len(lines) >= 15
 
 
 @pytest.mark.slow
