@@ -21,9 +21,10 @@ in that frame, p = Q (z - o), p' = s ⊙ p + t, z' = Q^T p' + o, with invariant 
 the EGNN's invariant features through an MLP head whose last layer starts at zero (the identity
 map, their ``identity_init``). log|det| = Σ log s over the N·D coordinates moved. Ours: log s =
 2 tanh(raw / 2) is bounded (|log s| < 2 per coupling, as our RealNVP), where theirs is
-softplus(raw + softplus^-1(1)), unbounded: with our fixed grad-norm clip (they skip and clip
-gradients dynamically) an unbounded scale let a 600 s DW-4 run reach scales that under/overflow
-float32 (NaN in log q at 69 of 4000 samples).
+softplus(raw + softplus^-1(1)), unbounded: a safeguard, since we clip gradients at a fixed norm
+where they skip and clip dynamically, and a 600 s DW-4 run with the unbounded scale (and squared
+distances in the conditioner, see samplers/se3_nets.py) ended with NaN log q at 69 of 4000
+samples; with both changes 1200 steps gave none.
 Their default is the "spherical" variant (splines in spherical coordinates); "proj" is one of the
 variants their paper and code provide, and with affine maps it needs no spline bounds.
 
