@@ -89,7 +89,7 @@ class FABConfig:
     max_iters: int | None = None      # gradient steps
     sample_batch: int = 1000
     device: str = "cpu"
-    # flow="se3_aug" (particle targets; samplers/se3_flow.py): n_layers couplings pairs, hidden =
+    # flow="se3_aug" (particle targets; samplers/se3_flow.py): n_layers coupling pairs, hidden =
     # MLP width, egnn_blocks / egnn_features the conditioner EGNN's depth / invariant features.
     flow: str = "realnvp"
     n_aug: int = 1                    # augmented sets (odd)
@@ -143,7 +143,8 @@ def buffer_loss(log_q: torch.Tensor, log_q_old: torch.Tensor, alpha: float = 2.0
 
 @register
 class FAB:
-    """FAB with a prioritised replay buffer, AIS with HMC towards p^2/q, RealNVP flow."""
+    """FAB with a prioritised replay buffer, AIS with HMC towards p^2/q, and a RealNVP or the
+    E(3)-equivariant augmented coupling flow (``flow``)."""
 
     name: ClassVar[str] = "fab"
     pretty_name: ClassVar[str] = "FAB"

@@ -55,7 +55,8 @@ from .se3_nets import EGNNConditioner, equivariant_frame
 
 def gaussian_log_prob(r: torch.Tensor, scale: float, dims: tuple[int, ...], n: int) -> torch.Tensor:
     """log N(r; 0, scale^2) summed over ``dims`` whose total size (degrees of freedom) is n."""
-    return -0.5 * r.pow(2).sum(dims) / scale ** 2 - n * (math.log(scale) + 0.5 * math.log(2 * math.pi))
+    log_norm = n * (math.log(scale) + 0.5 * math.log(2 * math.pi))
+    return -0.5 * r.pow(2).sum(dims) / scale ** 2 - log_norm
 
 
 class ProjCoupling(nn.Module):
