@@ -18,10 +18,17 @@ underestimates p. FAB with the prioritised replay buffer (the paper's Algorithm 
    ``buffer_correction=False`` gives the uncorrected loss -mean log q(x) of earlier versions of this
    suite, for comparison only.
 
-The flow is a RealNVP (affine couplings, zero-initialised so it starts as its base N(0, sigma^2)).
-Particle targets: the flow lives on an orthonormal (Helmert) basis of the mean-free subspace, so
-``log_prob`` is a density on that (N-1)·D-dimensional subspace, the convention of
-``metrics.density`` (NLL, log Z, ESS from the flow alone). Plain MLP conditioners, no equivariance.
+Flows (``flow``). ``"realnvp"`` (default; the non-equivariant option): a RealNVP (affine
+couplings, zero-initialised so it starts as its base N(0, sigma^2)); on particle targets it lives
+on an orthonormal (Helmert) basis of the mean-free subspace, so ``log_prob`` is a density on that
+(N-1)·D-dimensional subspace, the convention of ``metrics.density`` (NLL, log Z, ESS from the flow
+alone). Plain MLP conditioners, no equivariance. ``"se3_aug"`` (particle targets): the
+E(3)-equivariant augmented coupling flow of Midgley et al. 2023 (samplers/se3_flow.py) as their
+FAB runs it: AIS, HMC, buffer and loss act on the joint state (x, a) with the flow's exact joint
+log q(x, a) and the target p̃(x) pi(a|x), pi = N(x, aug_scale^2) (same Z); its coordinates are u =
+[x in the Helmert basis, a] in data units (sigma is the flow's base scale, step_size is in data
+units). ``log_prob(x)`` is the marginal estimate log mean_k q(x, a_k)/pi(a_k|x) over
+``n_aug_samples`` draws a_k ~ pi (fixed draws per call), so NLL/log Z/ESS use a marginal density.
 Step sizes: one per intermediate, adapted by dual averaging (samplers/kernels.py) to acceptance
 0.65 (FAB's target) throughout training, since the intermediate targets move with q.
 
@@ -54,6 +61,12 @@ from . import kernels, register
 from .base import (Budget, below_one_step_warning, check_device, check_finite, check_int,
                    check_positive, check_range, validated)
 from .pis import SIGMA_DEFAULTS, _target_name
+from .realnvp import Coupling, RealNVP, helmert_basis  # noqa: F401 (re-exported)
+from .se3_flow import AugmentedCouplingFlow, FlatAugmentedFlow, joint_log_p_and_grad
+
+# "realnvp": the non-equivariant RealNVP on Helmert coordinates (any target); "se3_aug": the
+# E(3)-equivariant augmented coupling flow of Midgley et al. 2023 (particle targets only).
+FLOWS = ("realnvp", "se3_aug")
 
 
 @dataclass
@@ -76,9 +89,24 @@ class FABConfig:
     max_iters: int | None = None      # gradient steps
     sample_batch: int = 1000
     device: str = "cpu"
+    # flow="se3_aug" (particle targets; samplers/se3_flow.py): n_layers coupling pairs, hidden =
+    # MLP width, egnn_blocks / egnn_features the conditioner EGNN's depth / invariant features.
+    flow: str = "realnvp"
+    n_aug: int = 1                    # augmented sets (odd)
+    aug_scale: float = 0.1            # a | x ~ N(x, aug_scale^2) in the base and the aux target
+    n_aug_samples: int = 20           # draws of a for the marginal log q(x) estimate
+    egnn_blocks: int = 3
+    egnn_features: int = 128
 
     def validate(self) -> None:
         """Raise ValueError (message starts with the field name) for any value out of range."""
+        if self.flow not in FLOWS:
+            raise ValueError(f"flow: got {self.flow!r}; allowed: {', '.join(FLOWS)}")
+        if self.n_aug < 1 or self.n_aug % 2 == 0:
+            raise ValueError(f"n_aug: got {self.n_aug!r}; expected an odd integer >= 1")
+        for name in ("n_aug_samples", "egnn_blocks", "egnn_features"):
+            check_int(name, getattr(self, name))
+        check_positive("aug_scale", self.aug_scale)
         check_positive("sigma", self.sigma, optional=True)
         check_positive("w_adjust_clip", self.w_adjust_clip, optional=True)
         if not isinstance(self.buffer_correction, bool):
@@ -113,80 +141,10 @@ def buffer_loss(log_q: torch.Tensor, log_q_old: torch.Tensor, alpha: float = 2.0
     return -(w_adjust * log_q).mean()
 
 
-def helmert_basis(n_particles: int, spatial_dim: int) -> torch.Tensor:
-    """Orthonormal basis ``[N*D, (N-1)*D]`` of the mean-free subspace (particle-major flat)."""
-    n = n_particles
-    h = torch.zeros(n - 1, n, dtype=torch.float64)
-    for j in range(1, n):
-        h[j - 1, :j] = 1.0 / math.sqrt(j * (j + 1))
-        h[j - 1, j] = -j / math.sqrt(j * (j + 1))
-    return torch.kron(h.T.contiguous(), torch.eye(spatial_dim, dtype=torch.float64)).float()
-
-
-class Coupling(nn.Module):
-    """Affine coupling: the masked part conditions a bounded log-scale and a shift of the rest."""
-
-    def __init__(self, mask: torch.Tensor, hidden: int):
-        super().__init__()
-        d = mask.numel()
-        self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                 nn.GELU(), nn.Linear(hidden, 2 * d))
-        self.net[-1].zero_init = True
-
-    def _params(self, v):
-        s, t = self.net(v * self.mask).chunk(2, -1)
-        free = 1 - self.mask
-        return 2 * torch.tanh(s / 2) * free, t * free
-
-    def forward(self, u):   # base -> data; returns (y, log|det dy/du|)
-        s, t = self._params(u)
-        return u * s.exp() + t, s.sum(-1)
-
-    def inverse(self, y):   # data -> base
-        s, t = self._params(y)
-        return (y - t) * (-s).exp(), -s.sum(-1)
-
-
-class RealNVP(nn.Module):
-    """Flow on R^d with a standard-normal base. ``sample(n, g) -> (u, log q(u))``,
-    ``log_prob(u) -> [n]``."""
-
-    def __init__(self, dim: int, n_layers: int, hidden: int, generator: torch.Generator):
-        super().__init__()
-        self.dim = dim
-        layers = []
-        for k in range(n_layers):
-            if k % 2 == 0:
-                mask = torch.zeros(dim)
-                mask[torch.randperm(dim, generator=generator)[: dim // 2]] = 1.0
-            else:
-                mask = 1 - layers[-1].mask
-            layers.append(Coupling(mask, hidden))
-        self.layers = nn.ModuleList(layers)
-
-    def _base_log_prob(self, e):
-        return -0.5 * e.pow(2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-
-    def sample(self, n: int, generator: torch.Generator, device="cpu"):
-        e = torch.randn(n, self.dim, generator=generator).to(device)
-        log_q, u = self._base_log_prob(e), e
-        for layer in self.layers:
-            u, ld = layer(u)
-            log_q = log_q - ld
-        return u, log_q
-
-    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        ld_sum = u.new_zeros(u.shape[0])
-        for layer in reversed(self.layers):
-            u, ld = layer.inverse(u)
-            ld_sum = ld_sum + ld
-        return self._base_log_prob(u) + ld_sum
-
-
 @register
 class FAB:
-    """FAB with a prioritised replay buffer, AIS with HMC towards p^2/q, RealNVP flow."""
+    """FAB with a prioritised replay buffer, AIS with HMC towards p^2/q, and a RealNVP or the
+    E(3)-equivariant augmented coupling flow (``flow``)."""
 
     name: ClassVar[str] = "fab"
     pretty_name: ClassVar[str] = "FAB"
@@ -213,12 +171,24 @@ class FAB:
         cfg = self.config
         self.target, self.device = target, torch.device(cfg.device)
         self.sigma = float(cfg.sigma if cfg.sigma is not None else SIGMA_DEFAULTS.get(target.name, 1.0))
-        if getattr(target, "n_particles", None) is None:
-            self.basis = None
-            self.d_eff = target.dim
-        else:
-            self.basis = helmert_basis(target.n_particles, target.spatial_dim).to(self.device)
-            self.d_eff = self.basis.shape[1]
+        particles = getattr(target, "n_particles", None) is not None
+        self.basis = (helmert_basis(target.n_particles, target.spatial_dim).to(self.device)
+                      if particles else None)
+        self.aug = cfg.flow == "se3_aug"
+        if self.aug:
+            if not particles:
+                raise ValueError(f"flow: 'se3_aug' needs a particle target (n_particles, "
+                                 f"spatial_dim); {target.name} has none; use flow=realnvp")
+            # the joint flow works in data units: sigma is its base scale, u = [x basis, a]
+            self._eval_seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+            self.flow = FlatAugmentedFlow(AugmentedCouplingFlow(
+                target.n_particles, target.spatial_dim, generator, n_aug=cfg.n_aug,
+                n_layers=cfg.n_layers, hidden=cfg.hidden, n_blocks=cfg.egnn_blocks,
+                n_features=cfg.egnn_features, sigma=self.sigma, aug_scale=cfg.aug_scale),
+                self.basis).to(self.device)
+            self.d_eff = self.flow.dim
+            return
+        self.d_eff = self.basis.shape[1] if particles else target.dim
         self.flow = RealNVP(self.d_eff, cfg.n_layers, cfg.hidden, generator)
         for m in self.flow.modules():
             if isinstance(m, nn.Linear):
@@ -231,6 +201,8 @@ class FAB:
         self.flow.to(self.device)
 
     def _to_x(self, u):   # flow space -> original flat coordinates
+        if self.aug:
+            return self.flow.split(u)[0].reshape(u.shape[0], -1)
         y = self.sigma * u
         return y if self.basis is None else y @ self.basis.T
 
@@ -243,6 +215,8 @@ class FAB:
 
     def _log_p_u(self, u):
         """(log p̃ in u-space [n], its gradient [n, d_eff]); charged to the target."""
+        if self.aug:
+            return joint_log_p_and_grad(self.flow, self.target, u)
         e, g = self.target.energy_and_grad(self._to_x(u.detach()))
         g = g.to(u)
         g_u = -self.sigma * (g if self.basis is None else g @ self.basis)
@@ -278,7 +252,7 @@ class FAB:
                 # pi_b ∝ q^(1-2b) p̃^(2b): energy -(1-2b) log q - 2b log p̃
                 lp, gp = self._log_p_u(v)
                 lq, gq = self._log_q_and_grad(v)
-                last.update(lp=lp, gp=gp)
+                last.update(lp=lp, gp=gp, lq=lq, gq=gq)
                 return -(1 - 2 * b) * lq - 2 * b * lp, -(1 - 2 * b) * gq - 2 * b * gp
 
             state = kernels.State(u, -(1 - 2 * b) * log_q - 2 * b * log_p,
@@ -287,11 +261,13 @@ class FAB:
                                           cfg.n_leapfrog, generator)
             self.step_sizes[k] = self.adapters[k].update(float(acc.float().mean()))
             self.accept[k] = float(acc.float().mean())
-            # The last leapfrog position is the proposal: reuse its log p̃ where accepted.
+            # The last leapfrog position is the proposal: reuse its log p̃ and log q where accepted
+            # (the flow is unchanged during AIS, so this is the same value, one pass fewer).
             log_p = torch.where(acc, last["lp"], log_p)
             grad_p = torch.where(acc[:, None], last["gp"], grad_p)
+            log_q = torch.where(acc, last["lq"], log_q)
+            grad_q = torch.where(acc[:, None], last["gq"], grad_q)
             u = state.x
-            log_q, grad_q = self._log_q_and_grad(u)
         return u.detach(), log_w.detach()
 
     # ------------------------------------------------------------------ public API
@@ -363,7 +339,7 @@ class FAB:
                     f"{cost} evaluations; {rounds} ran)")
                 if clock.binding != "none" else
                 "max_iters=0: no training step ran; the samples are from the untrained flow")
-        return {"steps": steps, "ais_rounds": rounds, "sigma": self.sigma,
+        return {"steps": steps, "ais_rounds": rounds, "sigma": self.sigma, "flow": cfg.flow,
                 "budget_binding": clock.binding, "warnings": warnings,
                 "buffer": int(buf_u.shape[0]), "energy_evals": clock.energy_evals,
                 "seconds": clock.seconds, "hmc_step_sizes": list(self.step_sizes),
@@ -393,5 +369,10 @@ class FAB:
         if x.ndim != 2 or x.shape[1] != self.target.dim:
             raise ValueError(f"fab.log_prob: x must have shape [n, {self.target.dim}], "
                              f"got {tuple(x.shape)}")
+        if self.aug:   # marginal estimate, the same draws of a at every call
+            g = torch.Generator(device=self.device).manual_seed(self._eval_seed)
+            xp = x.to(self.device, torch.float32).reshape(x.shape[0], self.target.n_particles,
+                                                          self.target.spatial_dim)
+            return self.flow.flow.log_prob(xp, self.config.n_aug_samples, g).cpu()
         u = self._to_u(x.to(self.device, torch.float32))
         return (self._log_q_u(u) - self.d_eff * math.log(self.sigma)).cpu()
