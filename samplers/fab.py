@@ -36,8 +36,9 @@ Cost per AIS round: n_ais · (1 + K · n_leapfrog) energy(+gradient) evaluations
 ``target.energy_and_grad``; training steps and ``sample`` / ``log_prob`` cost none.
 
 Budget: a *step* (``Budget.max_steps``, and ``max_iters``) is one gradient step of the flow. An AIS
-round runs only if its whole cost fits the energy cap; every cap is checked before every AIS round
-and before every gradient step. No gradient step happens until the buffer holds ``buffer_min``
+round runs only if its whole cost fits the energy cap; every cap is checked before every AIS round,
+the step and time caps before every gradient step (gradient steps cost no energy, so the round
+that spent the last evaluations still trains on its samples). No gradient step happens until the buffer holds ``buffer_min``
 points (about ``buffer_min / batch_size`` AIS rounds), so a budget that ends before that leaves
 the untrained flow (its base N(0, sigma^2 I)) and says so in ``info["warnings"]``.
 Hyperparameters: lr 1e-4, batch 128, grad-norm clip 100, buffer 12800 / 1280, 4 updates per AIS
@@ -51,95 +52,17 @@ every target. The paper profile labels these settings "ours".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from . import kernels, register
-from .base import (Budget, below_one_step_warning, check_device, check_finite, check_int,
-                   check_positive, check_range, validated)
+from .base import Budget, below_one_step_warning, check_finite, validated
+from .fab_config import FLOWS, FABConfig, buffer_loss  # noqa: F401 (re-exported)
 from .pis import SIGMA_DEFAULTS, _target_name
 from .realnvp import Coupling, RealNVP, helmert_basis  # noqa: F401 (re-exported)
 from .se3_flow import AugmentedCouplingFlow, FlatAugmentedFlow, joint_log_p_and_grad
-
-# "realnvp": the non-equivariant RealNVP on Helmert coordinates (any target); "se3_aug": the
-# E(3)-equivariant augmented coupling flow of Midgley et al. 2023 (particle targets only).
-FLOWS = ("realnvp", "se3_aug")
-
-
-@dataclass
-class FABConfig:
-    sigma: float | None = None        # base N(0, sigma^2 I); None: samplers.pis.SIGMA_DEFAULTS
-    n_layers: int = 10                # affine coupling layers
-    hidden: int = 128
-    lr: float = 1e-4
-    max_grad_norm: float | None = 100.0
-    batch_size: int = 128             # flow samples per AIS round and buffer batch size
-    n_updates_per_ais: int = 4
-    buffer_size: int = 12800
-    buffer_min: int = 1280
-    n_intermediate: int = 2
-    n_leapfrog: int = 5
-    step_size: float = 0.1            # initial HMC step, in units of sigma
-    target_accept: float = 0.65
-    buffer_correction: bool = True    # fab-torch's w_adjust importance correction of buffer points
-    w_adjust_clip: float | None = 10.0  # fab-torch's w_adjust_max_clip; None: no clip
-    max_iters: int | None = None      # gradient steps
-    sample_batch: int = 1000
-    device: str = "cpu"
-    # flow="se3_aug" (particle targets; samplers/se3_flow.py): n_layers coupling pairs, hidden =
-    # MLP width, egnn_blocks / egnn_features the conditioner EGNN's depth / invariant features.
-    flow: str = "realnvp"
-    n_aug: int = 1                    # augmented sets (odd)
-    aug_scale: float = 0.1            # a | x ~ N(x, aug_scale^2) in the base and the aux target
-    n_aug_samples: int = 20           # draws of a for the marginal log q(x) estimate
-    egnn_blocks: int = 3
-    egnn_features: int = 128
-
-    def validate(self) -> None:
-        """Raise ValueError (message starts with the field name) for any value out of range."""
-        if self.flow not in FLOWS:
-            raise ValueError(f"flow: got {self.flow!r}; allowed: {', '.join(FLOWS)}")
-        if self.n_aug < 1 or self.n_aug % 2 == 0:
-            raise ValueError(f"n_aug: got {self.n_aug!r}; expected an odd integer >= 1")
-        for name in ("n_aug_samples", "egnn_blocks", "egnn_features"):
-            check_int(name, getattr(self, name))
-        check_positive("aug_scale", self.aug_scale)
-        check_positive("sigma", self.sigma, optional=True)
-        check_positive("w_adjust_clip", self.w_adjust_clip, optional=True)
-        if not isinstance(self.buffer_correction, bool):
-            raise ValueError(f"buffer_correction: got {self.buffer_correction!r}; "
-                             f"expected true or false")
-        for name in ("n_layers", "hidden", "batch_size", "n_updates_per_ais", "buffer_size",
-                     "buffer_min", "n_intermediate", "n_leapfrog", "sample_batch"):
-            check_int(name, getattr(self, name))
-        check_positive("lr", self.lr)
-        check_positive("max_grad_norm", self.max_grad_norm, optional=True)
-        check_positive("step_size", self.step_size)
-        check_range("target_accept", self.target_accept, 0, 1)
-        check_int("max_iters", self.max_iters, minimum=0, optional=True)
-        if self.buffer_min > self.buffer_size:
-            raise ValueError(f"buffer_min: got {self.buffer_min}; expected <= buffer_size="
-                             f"{self.buffer_size}")
-        check_device("device", self.device)
-
-
-def buffer_loss(log_q: torch.Tensor, log_q_old: torch.Tensor, alpha: float = 2.0,
-                clip: float | None = 10.0) -> torch.Tensor:
-    """FAB's loss on points drawn from the prioritised buffer (Midgley et al. 2023, Alg. 2).
-
-    The points were drawn with probability ∝ w_old, importance weights for p^α / q_old^(α-1);
-    multiplying by w_adjust = (q_old / q_θ)^(α-1) (no gradient through it) makes the expected loss
-    gradient proportional to the gradient under p^α / q_θ^(α-1). fab-torch clips w_adjust from
-    above at 10 to bound the variance from points q_θ now underweights.
-    """
-    w_adjust = torch.exp((alpha - 1.0) * (log_q_old - log_q.detach()))
-    if clip is not None:
-        w_adjust = torch.clamp(w_adjust, max=clip)
-    return -(w_adjust * log_q).mean()
-
 
 @register
 class FAB:
@@ -159,6 +82,8 @@ class FAB:
         validated(cfg, "fab")
         self.config = cfg
         self.flow: RealNVP | None = None
+        self._pending_state: dict | None = None   # a state_dict loaded before fit
+        self._train: dict | None = None           # optimiser, buffer, counts after fit
 
     @classmethod
     def tiny_config(cls, target) -> FABConfig:
@@ -290,6 +215,10 @@ class FAB:
         buf_lq = torch.empty(0, device=self.device)
         cost = cfg.batch_size * (1 + cfg.n_intermediate * cfg.n_leapfrog)
         steps, rounds, last = 0, 0, {}
+        if self._pending_state is not None:   # continue a saved fit (runners/ladder.py, cell.py)
+            (buf_u, buf_lw, buf_lq), steps, rounds, last = self._restore(
+                self._pending_state, opt, generator)
+            self._pending_state = None
         done = False
         while (not done and (cfg.max_iters is None or steps < cfg.max_iters)
                and not clock.exhausted(steps) and clock.allows(cost)):
@@ -307,7 +236,12 @@ class FAB:
             for _ in range(cfg.n_updates_per_ais):
                 if cfg.max_iters is not None and steps >= cfg.max_iters:
                     break
-                if clock.exhausted(steps):
+                # Gradient steps cost no energy: a round whose AIS spent the last evaluations
+                # still trains on them (so a fit continued from this state, runners/ladder.py,
+                # equals one longer fit); only the step and time caps stop the updates.
+                max_steps = clock.budget.max_steps
+                if (max_steps is not None and steps >= max_steps) or clock.out_of_time():
+                    clock.exhausted(steps)
                     done = True
                     break
                 idx = torch.multinomial(torch.softmax(buf_lw.double(), 0).float().cpu(),
@@ -328,6 +262,8 @@ class FAB:
                     buf_lw[idx] = buf_lw[idx] + buf_lq[idx] - lq_new
                     buf_lq[idx] = lq_new
                 last["loss"] = float(loss.detach())
+        self._train = {"opt": opt, "buffer": (buf_u, buf_lw, buf_lq), "steps": steps,
+                       "rounds": rounds, "last": dict(last), "generator": generator.get_state()}
         warnings = []
         if steps == 0:
             rounds_needed = -(-cfg.buffer_min // cfg.batch_size)
@@ -344,6 +280,50 @@ class FAB:
                 "buffer": int(buf_u.shape[0]), "energy_evals": clock.energy_evals,
                 "seconds": clock.seconds, "hmc_step_sizes": list(self.step_sizes),
                 "hmc_accept": list(self.accept), **{f"train_{k}": v for k, v in last.items()}}
+
+    # ------------------------------------------------------------------ continuation
+    def state_dict(self) -> dict[str, Any]:
+        """Flow, optimiser, replay buffer, HMC step sizes and adaptation, counts and the fit
+        generator's state after ``fit``: a later fit after ``load_state_dict`` continues as one
+        longer fit (bit for bit when the earlier fit stopped on its energy cap, which it checks
+        only between AIS rounds)."""
+        if self._train is None:
+            raise RuntimeError("fab.state_dict: call fit first")
+        t = self._train
+        return {"flow_kind": self.config.flow, "target": self.target.name, "sigma": self.sigma,
+                "flow": self.flow.state_dict(), "opt": t["opt"].state_dict(),
+                "buffer": tuple(b.cpu() for b in t["buffer"]), "steps": t["steps"],
+                "rounds": t["rounds"], "last": t["last"], "generator": t["generator"],
+                "adapters": [a.state for a in self.adapters], "step_sizes": list(self.step_sizes),
+                "accept": list(self.accept), "eval_seed": getattr(self, "_eval_seed", None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Before ``fit``: applied when the target is bound, and training continues from it.
+        After ``fit``: the flow is restored at once (``sample``/``log_prob`` as saved)."""
+        if state.get("flow_kind") != self.config.flow:
+            raise ValueError(f"fab.load_state_dict: the state is of flow {state.get('flow_kind')!r}"
+                             f", not {self.config.flow!r}")
+        if self.flow is None:
+            self._pending_state = state
+        else:
+            self.flow.load_state_dict(state["flow"])
+            self._eval_seed = state["eval_seed"]
+
+    def _restore(self, state, opt, generator):
+        if state["target"] != self.target.name or abs(state["sigma"] - self.sigma) > 1e-12:
+            raise ValueError(f"fab.fit: the loaded state is of target {state['target']!r}, sigma "
+                             f"{state['sigma']}; this fit is {self.target.name!r}, {self.sigma}")
+        self.flow.load_state_dict(state["flow"])
+        opt.load_state_dict(state["opt"])
+        for adapter, da in zip(self.adapters, state["adapters"]):
+            adapter.state = da
+        self.step_sizes, self.accept = list(state["step_sizes"]), list(state["accept"])
+        self._eval_seed = state["eval_seed"]
+        # after _bind drew the (overwritten) initial flow: the stream goes on where the saved fit
+        # stopped, so the continued fit draws what one longer fit would have drawn
+        generator.set_state(state["generator"])
+        buffer = tuple(b.to(self.device) for b in state["buffer"])
+        return buffer, state["steps"], state["rounds"], dict(state["last"])
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
