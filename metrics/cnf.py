@@ -170,7 +170,10 @@ def log_likelihood(field: nn.Module, y: torch.Tensor, std: float, geom: Geometry
         yb = y[i0:i0 + batch_size].to(dtype)
         state = torch.cat([yb, torch.zeros(yb.shape[0], 1, dtype=dtype)], dim=-1)
         with torch.no_grad():
-            end = odeint(rhs, state, times, method=method, atol=atol, rtol=rtol)[-1]
+            # step_t = the end: torchdiffeq's adaptive solvers otherwise step past t = 0 and
+            # interpolate back, evaluating the field at t < 0 where it was never trained
+            end = odeint(rhs, state, times, method=method, atol=atol, rtol=rtol,
+                         options={"step_t": times[-1:]})[-1]
         x0, a0 = end[:, :-1], end[:, -1]
         # a(0) = -∫_0^1 div v dt, so log q_1(y) = log q_0(x_0) + a(0)
         out.append(prior_log_prob(geom.remove_mean(x0), std, geom) + a0)
