@@ -9,6 +9,11 @@ compared with as many reference test points (runners/scoring.py). Samples may be
 refused with exit 2 before a file is written. Exit 1 when the samples cannot be scored: no usable
 reference (the message says how to get it), non-finite samples (row status ``diverged``) or a
 metric that failed. No energy is charged to a sampler: ``energy_evals`` is empty (unknown).
+
+``metrics=a,b`` computes only those metrics; ``metrics=nll_cnf`` (or any ``nll_cnf.<option>=``)
+turns on the CNF likelihood (docs/metrics.md, "nll_cnf"), which trains on up to its ``n_train``
+rows of the whole file (not only the first ``n_eval``) and caches the CNF in the row's folder, so
+the same command again reuses it. Example: ``metrics=nll_cnf nll_cnf.steps=2000``.
 """
 from __future__ import annotations
 

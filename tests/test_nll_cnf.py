@@ -179,3 +179,40 @@ def test_cnf_fitted_to_a_two_component_mixture_recovers_its_nll():
             - math.log(2 * math.pi))
     exact = -float((torch.logsumexp(comp, 1) - math.log(2)).mean())
     assert abs(_fitted_nll(x, y, 2.0, 4000) - exact) < 0.05
+
+
+def test_runner_caches_the_fitted_cnf_and_reuses_it(tmp_path):
+    from runners import cnf as runner
+    target = _gmm()
+    x = target.sample_exact(300, torch.Generator().manual_seed(10))
+    y = target.reference("test")
+    opts = {"nll_cnf": dict(steps=10, batch_size=32, hidden=8, n_layers=1, n_test=8, atol=1e-3,
+                            rtol=1e-3)}
+    first = runner.columns(target, x, y, opts, tmp_path)
+    assert (tmp_path / runner.CNF_FILE).is_file() and not first["cnf_reused"]
+    assert first["cnf_train_steps"] == 10 and first["cnf_n_train"] == 300
+    # another n_test is a new scoring of the same fit: reused, same training record
+    again = runner.columns(target, x, y, {"nll_cnf": {**opts["nll_cnf"], "n_test": 8}}, tmp_path)
+    assert again["cnf_reused"] and again["nll_cnf"] == first["nll_cnf"]
+    assert again["cnf_train_seconds"] == first["cnf_train_seconds"]
+    # other samples: a different fit, trained again
+    other = runner.columns(target, x.flip(0), y, opts, tmp_path)
+    assert not other["cnf_reused"]
+
+
+def test_nll_cnf_gets_its_own_table_with_floors(tmp_path):
+    import pandas as pd
+
+    from runners import tables
+    df = pd.DataFrame([dict(target="gmm40", sampler="mala", seed=s, status="ok", profile="paper",
+                            reference_source="exact", warnings="", nll_cnf=v)
+                       for s, v in enumerate([7.0, 7.2])])
+    md = tables.to_markdown(df)
+    assert "## nll_cnf: NLL of the reference under a CNF fitted to the samples" in md
+    assert "7.1 ± 0.1" in md
+    path = tmp_path / "floors.csv"
+    path.write_text("target,quantity,value,settings\ngmm40,exact NLL,6.88,exact density\n"
+                    "dw4,reference nll_cnf,9.1,val split\n")
+    lines = tables.floor_lines("nll_cnf", ["gmm40"], path)
+    assert any("GMM-40: exact NLL = 6.880 nats (exact density)" in s for s in lines)
+    assert not any("9.1" in s for s in lines) and tables.floor_lines("x_w2", ["gmm40"], path) == []
