@@ -101,3 +101,60 @@ def columns(target, samples: torch.Tensor, test: torch.Tensor, metric_options: d
             "cnf_reused": cached is not None, "cnf_n_train": int(info["n_train"]),
             "cnf_n_test": res["n_test"], "cnf_nfe": res["cnf_nfe"],
             "cnf_loss": float(info["loss"])}
+
+
+# ---------------------------------------------------------------------------- floors
+FLOOR_USAGE = "usage: python -m runners.cnf target=NAME [n_exact=10000] [nll_cnf.OPTION=VALUE ...]"
+
+
+def floor(target, n_exact: int = 10000, metric_options: dict | None = None) -> dict:
+    """The reference's own nll_cnf: the CNF fitted on the val split (GMM-40: ``n_exact`` fresh
+    exact samples, generator seed 1) and scored on the test split; GMM-40 also gets the exact
+    NLL −mean log p(y) of the same test points (its density is normalised)."""
+    opts = {NAME: dict((metric_options or {}).get(NAME) or {})}
+    if getattr(target, "has_exact_samples", False):
+        x, source = target.sample_exact(n_exact, torch.Generator().manual_seed(1)), \
+            f"{n_exact} fresh exact samples (seed 1)"
+    else:
+        x = target.reference("val")
+        source = f"val split ({x.shape[0]} rows)"
+    test = target.reference("test")
+    out = {"target": target.name, "train_on": source,
+           "options": dataclasses.asdict(options(opts, target)),
+           **columns(target, x, test, opts)}
+    if getattr(target, "log_Z", None) == 0.0:
+        n = out["cnf_n_test"]
+        with torch.no_grad():
+            out["exact_nll"] = -float(target.log_prob(test[:n].double()).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    import targets
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(FLOOR_USAGE + "\n\n" + (floor.__doc__ or ""))
+        return 0 if argv else 2
+    kv, cnf_opts = {}, {}
+    for tok in argv:
+        key, eq, val = tok.partition("=")
+        if eq and key.startswith(NAME + "."):
+            cnf_opts[key[len(NAME) + 1:]] = json.loads(val) if val not in ("", "null") else None
+        elif eq and key in ("target", "n_exact"):
+            kv[key] = val
+        else:
+            print(f"error: argument {tok!r}. {FLOOR_USAGE}", file=sys.stderr)
+            return 2
+    if kv.get("target") not in targets.names():
+        print(f"error: target: got {kv.get('target')!r}; allowed: {', '.join(targets.names())}",
+              file=sys.stderr)
+        return 2
+    res = floor(targets.get(kv["target"]), int(kv.get("n_exact", 10000)), {NAME: cnf_opts})
+    print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

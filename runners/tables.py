@@ -435,7 +435,8 @@ def floor_lines(metric: str, target_names: list[str], path: Path = FLOORS) -> li
     fl = fl[fl["target"].isin(target_names)]
     if fl.empty:
         return []
-    out = ["Floors (results/measured/nll_cnf_floors.csv; docs/metrics.md):", ""]
+    out = ["Floors (results/measured/nll_cnf_floors.csv, docs/metrics.md), at the settings "
+           "given: compare only with rows whose CNF was trained the same way.", ""]
     for _, r in fl.iterrows():
         out.append(f"- {style.target_pretty(r['target'])}: {r['quantity']} = {r['value']:.3f} "
                    f"nats ({r['settings']})")
