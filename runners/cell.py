@@ -253,7 +253,10 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     rows.write_npy(spec.dir / rows.SAMPLES_FILE, x.numpy())
     row["samples_file"] = str(spec.dir / rows.SAMPLES_FILE)
 
+    t0 = time.perf_counter()
     cnf_x = _cnf_samples(sampler, spec, target)
+    if cnf_x is not None:
+        row["cnf_sample_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     log_prob = sampler.log_prob if getattr(cls, "has_log_prob", False) else None
     values, errors, ref_cols = scoring.score(target, x, log_prob=log_prob, log_w=log_w,

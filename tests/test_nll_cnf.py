@@ -216,3 +216,29 @@ def test_nll_cnf_gets_its_own_table_with_floors(tmp_path):
     lines = tables.floor_lines("nll_cnf", ["gmm40"], path)
     assert any("GMM-40: exact NLL = 6.880 nats (exact density)" in s for s in lines)
     assert not any("9.1" in s for s in lines) and tables.floor_lines("x_w2", ["gmm40"], path) == []
+
+
+@pytest.mark.slow
+def test_grid_cell_draws_extra_cnf_samples_without_charging_the_sampler(tmp_path, capsys):
+    import yaml
+    from helpers_grid import load_rows, run_grid
+
+    from runners import config as cfgmod
+    prof = yaml.safe_load((cfgmod.PROFILE_DIR / "smoke.yaml").read_text())
+    runs = {}
+    for name, extra in (("off", None), ("on", 1500)):
+        p = dict(prof, metric_options={k: v for k, v in prof["metric_options"].items()
+                                       if extra is not None or k != "nll_cnf"})
+        if extra is not None:
+            p["metric_options"]["nll_cnf"] = {**prof["metric_options"]["nll_cnf"],
+                                              "n_train": extra}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(p))
+        code, err = run_grid([f"out={tmp_path / name}", f"profile={path}", "launcher=debug",
+                              "targets=gmm40", "samplers=mala", "collect=false"], capsys)
+        assert code == 0, err
+        runs[name] = load_rows(tmp_path / name)[("gmm40", "mala", 0)]
+    on, off = runs["on"], runs["off"]
+    assert on["cnf_n_train"] == 1500 and math.isfinite(on["nll_cnf"]) and "nll_cnf" not in off
+    assert on["energy_evals"] == off["energy_evals"] and on["x_w2"] == off["x_w2"]
+    assert (tmp_path / "on" / "cells" / on["cell_key"] / "cnf_samples.npy").is_file()
