@@ -76,8 +76,6 @@ def test_particle_log_likelihood_is_invariant_under_rotation_permutation_transla
     rot = (x.reshape(3, 4, 3) @ Q.T).reshape(3, 12)
     perm = x.reshape(3, 4, 3)[:, [2, 0, 3, 1]].reshape(3, 12)
     shifted = x + torch.tensor([0.7, -1.1, 2.0], dtype=torch.float64).repeat(4)
-    opts = M.NLLCNFOptions(n_test=12, network="egnn", hidden=8, n_layers=2).resolved("dw4")
-    opts = M.dataclasses.replace(opts, prior_std=2.0)
     lq = cnf.log_likelihood(net, geom.remove_mean(torch.cat([x, rot, perm, shifted])), 2.0,
                             geom)[0].reshape(4, 3)
     prior_only = cnf.prior_log_prob(x, 2.0, geom)
@@ -242,3 +240,19 @@ def test_grid_cell_draws_extra_cnf_samples_without_charging_the_sampler(tmp_path
     assert on["cnf_n_train"] == 1500 and math.isfinite(on["nll_cnf"]) and "nll_cnf" not in off
     assert on["energy_evals"] == off["energy_evals"] and on["x_w2"] == off["x_w2"]
     assert (tmp_path / "on" / "cells" / on["cell_key"] / "cnf_samples.npy").is_file()
+
+
+def test_evaluate_scores_a_sample_file_with_nll_cnf_only(tmp_path, capsys):
+    import numpy as np
+
+    from runners import evaluate
+    path = tmp_path / "s.npy"
+    np.save(path, _gmm().sample_exact(300, torch.Generator().manual_seed(11)).numpy())
+    args = [f"samples={path}", "target=gmm40", f"out={tmp_path / 'out'}", "metrics=nll_cnf",
+            "nll_cnf.steps=10", "nll_cnf.batch_size=32", "nll_cnf.hidden=8",
+            "nll_cnf.n_layers=1", "nll_cnf.n_test=8", "nll_cnf.atol=1e-3", "nll_cnf.rtol=1e-3"]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nll_cnf" in out and "cnf_train_steps      10" in out and "x_w2" not in out
+    assert evaluate.main(args[:-1] + ["nll_cnf.rtol=-1"]) == 2
+    assert "nll_cnf.rtol must be a positive number" in capsys.readouterr().err
