@@ -56,6 +56,9 @@ class NLLCNFOptions:
     coord_scale: the network sees x / coord_scale and its output is multiplied back (1 = the
       official raw coordinates).
     atol, rtol, nll_batch_size: the dopri5 likelihood (official 1e-5, 1e-5, 256).
+    divergence: "exact" (official default: trace of the Jacobian) or "hutchinson" (one Gaussian
+      probe per point, one backward pass instead of one per dimension; the official LJ-55 CFM's
+      choice), for LJ-13/LJ-55 on a CPU.
     seed: seeds the one generator of network init, training batches and prior draws.
     """
 
@@ -74,6 +77,7 @@ class NLLCNFOptions:
     atol: float = 1e-5
     rtol: float = 1e-5
     nll_batch_size: int = 256
+    divergence: str = "exact"
     seed: int = 0
 
     def __post_init__(self):
@@ -95,6 +99,9 @@ class NLLCNFOptions:
                 raise MetricInputError(f"nll_cnf.{name} must be a positive number"
                                        f"{' or null' if name not in ('atol', 'rtol') else ''}, "
                                        f"got {v!r}")
+        if self.divergence not in cnf.DIVERGENCES:
+            raise MetricInputError(f"nll_cnf.divergence must be one of {cnf.DIVERGENCES}, "
+                                   f"got {self.divergence!r}")
         if self.network is not None and self.network not in NETWORKS:
             raise MetricInputError(f"nll_cnf.network must be one of {NETWORKS} or null, "
                                    f"got {self.network!r}")
@@ -160,8 +167,10 @@ def score(field: torch.nn.Module, test, target, options: NLLCNFOptions) -> dict:
     y = cnf.check_points(test, geom, "reference", cnf.MIN_TEST)[:options.n_test]
     y = geom.remove_mean(y)
     t0 = time.perf_counter()
+    probes = torch.Generator().manual_seed(options.seed + 1)  # Hutchinson probes only
     lq, nfe = cnf.log_likelihood(field, y, options.prior_std, geom, atol=options.atol,
-                                 rtol=options.rtol, batch_size=options.nll_batch_size)
+                                 rtol=options.rtol, batch_size=options.nll_batch_size,
+                                 divergence=options.divergence, generator=probes)
     if not torch.isfinite(lq).all():
         raise MetricInputError(f"nll_cnf: {int((~torch.isfinite(lq)).sum())} test point(s) got a "
                                f"non-finite log-likelihood")

@@ -32,7 +32,7 @@ CNF_FILE = "cnf.pt"
 SAMPLES_FILE = "cnf_samples.npy"  # extra samples a cell drew for the CNF (n_train > n_eval)
 NAME = "nll_cnf"
 # Options that change the likelihood pass only, not the fitted flow.
-SCORE_ONLY = ("n_test", "atol", "rtol", "nll_batch_size")
+SCORE_ONLY = ("n_test", "atol", "rtol", "nll_batch_size", "divergence")
 COLUMNS = ("nll_cnf", "cnf_train_steps", "cnf_train_seconds", "cnf_seconds", "cnf_reused",
            "cnf_n_train", "cnf_n_test", "cnf_nfe", "cnf_loss")
 

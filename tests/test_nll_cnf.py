@@ -256,3 +256,28 @@ def test_evaluate_scores_a_sample_file_with_nll_cnf_only(tmp_path, capsys):
     assert "nll_cnf" in out and "cnf_train_steps      10" in out and "x_w2" not in out
     assert evaluate.main(args[:-1] + ["nll_cnf.rtol=-1"]) == 2
     assert "nll_cnf.rtol must be a positive number" in capsys.readouterr().err
+
+
+def test_hutchinson_divergence_is_unbiased_for_a_linear_field():
+    A = torch.tensor([[0.3, -0.8], [0.5, -0.2]], dtype=torch.float64)
+    y = torch.randn(2000, 2, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    exact, _ = cnf.log_likelihood(Linear(A), y, 1.7, GEOM2, batch_size=2000)
+    est, _ = cnf.log_likelihood(Linear(A), y, 1.7, GEOM2, batch_size=2000,
+                                divergence="hutchinson", generator=torch.Generator().manual_seed(0))
+    diff = est - exact
+    assert diff.abs().max() > 1e-3  # it is an estimate, not the exact value
+    assert abs(float(diff.mean())) < 3 * float(diff.std()) / math.sqrt(len(diff))
+    with pytest.raises(MetricInputError, match="divergence must be one of"):
+        cnf.log_likelihood(Linear(A), y, 1.7, GEOM2, divergence="trace")
+
+
+def test_hutchinson_with_mean_free_probes_is_unbiased_for_the_egnn_field():
+    geom = cnf.Geometry(12, (4, 3))
+    x = geom.remove_mean(torch.randn(1, 12, generator=torch.Generator().manual_seed(13),
+                                     dtype=torch.float64)).expand(1000, 12)
+    net = _untrained_egnn()
+    exact = cnf.log_likelihood(net, x[:1], 2.0, geom, atol=1e-6, rtol=1e-6)[0]
+    est = cnf.log_likelihood(net, x, 2.0, geom, atol=1e-6, rtol=1e-6, batch_size=1000,
+                             divergence="hutchinson", generator=torch.Generator().manual_seed(1))[0]
+    sem = float(est.std()) / math.sqrt(len(est))
+    assert float(est.std()) > 1e-3 and abs(float(est.mean() - exact)) < 3 * sem
