@@ -274,10 +274,10 @@ def test_hutchinson_divergence_is_unbiased_for_a_linear_field():
 def test_hutchinson_with_mean_free_probes_is_unbiased_for_the_egnn_field():
     geom = cnf.Geometry(12, (4, 3))
     x = geom.remove_mean(torch.randn(1, 12, generator=torch.Generator().manual_seed(13),
-                                     dtype=torch.float64)).expand(1000, 12)
+                                     dtype=torch.float64)).expand(200, 12)
     net = _untrained_egnn()
-    exact = cnf.log_likelihood(net, x[:1], 2.0, geom, atol=1e-6, rtol=1e-6)[0]
-    est = cnf.log_likelihood(net, x, 2.0, geom, atol=1e-6, rtol=1e-6, batch_size=1000,
+    exact = cnf.log_likelihood(net, x[:1], 2.0, geom)[0]
+    est = cnf.log_likelihood(net, x, 2.0, geom, batch_size=200,
                              divergence="hutchinson", generator=torch.Generator().manual_seed(1))[0]
     sem = float(est.std()) / math.sqrt(len(est))
     assert float(est.std()) > 1e-3 and abs(float(est.mean() - exact)) < 3 * sem
