@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import density, eq_w2, histograms, one_d, wasserstein
+from . import cnf, density, eq_w2, histograms, nll_cnf, one_d, wasserstein
 from ._common import SUBSAMPLE_SEED, MetricInputError, is_particle
 from .density import DENSITY_METRICS, PATH_METRICS
 from .histograms import histogram_on_reference_bins
@@ -21,6 +21,9 @@ _REGISTRY: dict[str, Callable] = {}
 # Metrics defined only for particle targets (they need interatomic distances or alignments).
 PARTICLE_ONLY = frozenset({"x_w2_aligned", "eq_w2", "dist_tvd", "dist_tvd_official",
                            "dist_w2_sq"})
+# Metrics computed only when a profile opts in (``metric_options.<name>``): they train a model
+# and need the runner's networks and cell folder (``nll_cnf``: metrics/nll_cnf.py, runners/cnf.py).
+OPT_IN = ("nll_cnf",)
 
 
 def register(name: str, fn: Callable) -> Callable:
@@ -67,6 +70,7 @@ for _name, _fn in [
 ]:
     register(_name, _fn)
 
-__all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "DENSITY_METRICS", "PATH_METRICS", "SUBSAMPLE_SEED",
+__all__ = ["SPEC_VERSION", "PARTICLE_ONLY", "OPT_IN", "cnf", "nll_cnf", "DENSITY_METRICS",
+           "PATH_METRICS", "SUBSAMPLE_SEED",
            "MetricInputError", "register", "get", "names", "applicable",
            "histogram_on_reference_bins", "density", "eq_w2", "histograms", "one_d", "wasserstein"]

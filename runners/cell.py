@@ -43,7 +43,7 @@ import metrics
 import samplers
 import targets
 from samplers.allocator import retain_freed_memory
-from . import ladder, rows, scoring
+from . import cnf as cnf_metric, ladder, rows, scoring
 from .config import build_sampler_config, load_plugins
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -288,9 +288,14 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     row["samples_file"] = str(spec.dir / rows.SAMPLES_FILE)
 
     t0 = time.perf_counter()
+    cnf_x = _cnf_samples(sampler, spec, target)
+    if cnf_x is not None:
+        row["cnf_sample_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     log_prob = sampler.log_prob if getattr(cls, "has_log_prob", False) else None
     values, errors, ref_cols = scoring.score(target, x, log_prob=log_prob, log_w=log_w,
-                                             metric_options=spec.metric_options)
+                                             metric_options=spec.metric_options,
+                                             cache_dir=spec.dir, cnf_samples=cnf_x)
     row["metric_seconds"] = time.perf_counter() - t0
     row.update(ref_cols)
     row.update(values)
@@ -303,6 +308,25 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
         warnings.append("scored against an unconverged reference (BOLTZBENCH_ALLOW_UNCONVERGED)")
     row["warnings"] = "; ".join(warnings)
     row.update(status="ok", reason=ref_cols.get("reference_reason", ""))
+
+
+def _cnf_samples(sampler, spec: CellSpec, target) -> torch.Tensor | None:
+    """nll_cnf trains on ``n_train`` samples; when that is more than the cell's ``n_eval``, draw
+    them now (after the sampler's spending was read, counters restored: the metric's cost, not
+    the sampler's) and keep them in the cell folder for a rescore. None = train on the cell's."""
+    n = cnf_metric.n_train(spec.metric_options, target)
+    if n <= spec.n_eval:
+        return None
+    path = spec.dir / cnf_metric.SAMPLES_FILE
+    saved = target.counter.snapshot()
+    try:
+        x = sampler.sample(n, torch.Generator().manual_seed(stable_int(spec.cell_seed, "cnf")))
+    finally:
+        target.counter.energy_evals, target.counter.grad_evals = (saved["energy_evals"],
+                                                                  saved["grad_evals"])
+    x = _check_samples(x, dataclasses.replace(spec, n_eval=n), target)
+    rows.write_npy(path, x.numpy())
+    return x
 
 
 # What the sampler's fit info may report about its own health (samplers/base.py documents it).

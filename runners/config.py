@@ -353,12 +353,17 @@ def parse(argv: list[str]) -> Grid:
         budgets[t] = {k: b.get(k) for k in BUDGET_KEYS}
 
     for m, opts in profile["metric_options"].items():
-        if m not in metrics.names():
+        if m not in metrics.names() + list(metrics.OPT_IN):
             raise ConfigError(f"profile {ppath}: metric_options.{m}: unknown metric; allowed: "
-                              f"{', '.join(metrics.names())}")
+                              f"{', '.join(metrics.names() + list(metrics.OPT_IN))}")
         if not isinstance(opts, dict):
             raise ConfigError(f"profile {ppath}: metric_options.{m} must be a mapping of keyword "
                               f"arguments, got {opts!r}")
+        if m == "nll_cnf":
+            try:
+                metrics.nll_cnf.NLLCNFOptions.from_dict(opts)
+            except ValueError as exc:
+                raise ConfigError(f"profile {ppath}: metric_options.{exc}") from None
     for s in profile["samplers"]:
         if s not in sampler_names:
             raise ConfigError(f"profile {ppath}: samplers.{s}: unknown sampler; registered: "

@@ -9,6 +9,11 @@ compared with as many reference test points (runners/scoring.py). Samples may be
 refused with exit 2 before a file is written. Exit 1 when the samples cannot be scored: no usable
 reference (the message says how to get it), non-finite samples (row status ``diverged``) or a
 metric that failed. No energy is charged to a sampler: ``energy_evals`` is empty (unknown).
+
+``metrics=a,b`` computes only those metrics; ``metrics=nll_cnf`` (or any ``nll_cnf.<option>=``)
+turns on the CNF likelihood (docs/metrics.md, "nll_cnf"), which trains on up to its ``n_train``
+rows of the whole file (not only the first ``n_eval``) and caches the CNF in the row's folder, so
+the same command again reuses it. Example: ``metrics=nll_cnf nll_cnf.steps=2000``.
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ import torch
 
 import metrics
 import targets
-from . import references, rows, scoring
+from . import cnf as cnf_metric, references, rows, scoring
 from .cell import _now
 
-USAGE = "usage: python -m runners.evaluate target=NAME samples=FILE.{npy,npz,pt} [out=DIR] [label=NAME] [n_eval=N]"
-KEYS = ("target", "samples", "out", "label", "n_eval")
+USAGE = ("usage: python -m runners.evaluate target=NAME samples=FILE.{npy,npz,pt} [out=DIR] "
+         "[label=NAME] [n_eval=N] [metrics=a,b,...] [nll_cnf.OPTION=VALUE ...]")
+KEYS = ("target", "samples", "out", "label", "n_eval", "metrics")
 
 
 class EvalError(ValueError):
@@ -37,12 +43,30 @@ class EvalError(ValueError):
 
 
 def _parse(argv: list[str]) -> dict:
-    opts = {}
+    opts, cnf_opts = {}, {}
     for tok in argv:
         key, eq, val = tok.partition("=")
+        if eq and key.startswith("nll_cnf."):
+            cnf_opts[key[len("nll_cnf."):]] = _value(val)
+            continue
         if not eq or key not in KEYS:
-            raise EvalError(f"argument {tok!r}: expected key=value with key in {', '.join(KEYS)}")
+            raise EvalError(f"argument {tok!r}: expected key=value with key in {', '.join(KEYS)} "
+                            f"or nll_cnf.<option>")
         opts[key] = val
+    allowed = metrics.names() + list(metrics.DENSITY_METRICS) + list(metrics.OPT_IN)
+    if "metrics" in opts:
+        opts["metrics"] = [m for m in opts["metrics"].split(",") if m]
+        bad = [m for m in opts["metrics"] if m not in allowed]
+        if bad or not opts["metrics"]:
+            raise EvalError(f"metrics: got {bad or opts['metrics']}; allowed: {', '.join(allowed)}")
+    if cnf_opts and "nll_cnf" not in opts.get("metrics", ["nll_cnf"]):
+        raise EvalError("nll_cnf.<option> given but metrics= does not include nll_cnf")
+    if cnf_opts or "nll_cnf" in opts.get("metrics", []):
+        try:
+            metrics.nll_cnf.NLLCNFOptions.from_dict(cnf_opts)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
+        opts["nll_cnf"] = cnf_opts
     for req in ("target", "samples"):
         if req not in opts:
             raise EvalError(f"{req} is required. {USAGE}")
@@ -60,6 +84,21 @@ def _parse(argv: list[str]) -> dict:
     except ValueError:
         raise EvalError(f"n_eval: got {opts.get('n_eval')!r}; expected an integer >= 2") from None
     return opts
+
+
+def _value(text: str):
+    """``nll_cnf.steps=2000`` -> 2000; floats, null/none and true/false likewise; else the text."""
+    low = text.lower()
+    if low in ("null", "none"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 FORMATS = (".npy", ".npz", ".pt")
@@ -112,15 +151,24 @@ def load_samples(path: str, target) -> np.ndarray:
     return x
 
 
-def evaluate(target_name: str, samples_path: str, out: str, label: str, n_eval: int = 1000) -> dict:
+def evaluate(target_name: str, samples_path: str, out: str, label: str, n_eval: int = 1000,
+             only: list[str] | None = None, nll_cnf: dict | None = None) -> dict:
+    """Score the file's first ``n_eval`` samples; ``only``: just these metrics; ``nll_cnf``:
+    options of the opt-in CNF likelihood (None = off unless ``only`` names it), which trains on
+    up to its ``n_train`` samples of the whole file."""
     target = targets.get(target_name)
-    x = torch.as_tensor(np.asarray(load_samples(samples_path, target)[:n_eval]),
-                        dtype=torch.float32)
+    full = torch.as_tensor(np.asarray(load_samples(samples_path, target)), dtype=torch.float32)
+    x = full[:n_eval]
     if target.n_particles:
-        x = target.remove_mean(x)
+        x, full = target.remove_mean(x), target.remove_mean(full)
+    if nll_cnf is None and only is not None and "nll_cnf" in only:
+        nll_cnf = {}
+    metric_options = {} if nll_cnf is None else {"nll_cnf": nll_cnf}
     digest = hashlib.sha256(Path(samples_path).read_bytes()).hexdigest()
     cfg = {"target": target.name, "target_fingerprint": target.fingerprint, "sampler": label,
            "samples_sha256": digest, "n_eval": n_eval, "metric_spec_version": metrics.SPEC_VERSION}
+    if only is not None or metric_options:  # keeps the key of a plain run unchanged
+        cfg.update(metrics=only, metric_options=metric_options)
     key = f"{target.name}-{label}-ext-" + hashlib.sha256(
         json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     d = rows.cell_dir(out, key)
@@ -138,7 +186,8 @@ def evaluate(target_name: str, samples_path: str, out: str, label: str, n_eval: 
         rows.write_npy(d / rows.SAMPLES_FILE, x.numpy())
         row["samples_file"] = str(d / rows.SAMPLES_FILE)
         t0 = time.perf_counter()
-        values, errors, ref_cols = scoring.score(target, x)
+        values, errors, ref_cols = scoring.score(target, x, metric_options=metric_options,
+                                                 cache_dir=d, cnf_samples=full, only=only)
         row.update(ref_cols, **values, metric_seconds=time.perf_counter() - t0,
                    metric_errors=json.dumps(errors, sort_keys=True) if errors else "",
                    reason=ref_cols.get("reference_reason", ""))
@@ -169,17 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     label = opts.get("label") or Path(opts["samples"]).stem
     row = evaluate(opts["target"], opts["samples"], opts.get("out", "results/runs/external"),
-                   label, opts["n_eval"])
+                   label, opts["n_eval"], only=opts.get("metrics"), nll_cnf=opts.get("nll_cnf"))
     print(f"[evaluate] {row['target']} / {label}: status {row['status']} -> "
           f"{rows.cell_dir(opts.get('out', 'results/runs/external'), row['cell_key'])}")
     if row["status"] != "ok":
         print(f"error: {row['status']}: {row['reason']}", file=sys.stderr)
         return 1
     errors = json.loads(row["metric_errors"]) if row.get("metric_errors") else {}
-    for m in metrics.names() + list(metrics.DENSITY_METRICS):
+    for m in metrics.names() + list(metrics.DENSITY_METRICS) + list(cnf_metric.COLUMNS):
         if m in row:
             why = f"   ({errors[m]})" if m in errors else ""
-            print(f"  {m:<20} {row[m]:.6g}{why}")
+            print(f"  {m:<20} {float(row[m]):.6g}{why}")
     if errors:
         print(f"error: {len(errors)} metric(s) could not be computed: {', '.join(errors)}",
               file=sys.stderr)

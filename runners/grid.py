@@ -35,7 +35,7 @@ import targets
 from targets.data import OFFLINE_ENV
 
 from . import config as cfgmod
-from . import plugins, references, rows, scoring
+from . import cnf as cnf_metric, plugins, references, rows, scoring
 from .cell import CellSpec
 from .launch import Interrupted, Progress, dispatch, resolve_launcher
 from .lock import LockHeld, RunLock, remove_stale_claims
@@ -324,7 +324,11 @@ def rescore_finished(cells: list) -> int:
             continue
         target = cache.setdefault(spec.target, targets.get(spec.target))
         x = torch.as_tensor(np.load(path), dtype=torch.float32)
-        new = scoring.rescore(row, target, x, spec.metric_options)
+        cnf_path = spec.dir / cnf_metric.SAMPLES_FILE
+        cnf_x = torch.as_tensor(np.load(cnf_path), dtype=torch.float32) \
+            if cnf_path.is_file() else None
+        new = scoring.rescore(row, target, x, spec.metric_options, cache_dir=spec.dir,
+                              cnf_samples=cnf_x)
         if new is not row:
             new["rescored_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             rows.write_json(spec.dir / rows.ROW_FILE, new)

@@ -29,6 +29,8 @@ import metrics
 from metrics import density
 from targets import ReferenceDataError
 
+from . import cnf as cnf_metric
+
 DENSITY = tuple(dict.fromkeys(density.DENSITY_METRICS + density.PATH_METRICS))
 
 
@@ -52,19 +54,25 @@ def _weights_metrics(log_w: torch.Tensor) -> dict[str, float]:
 
 
 def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
-          log_w: torch.Tensor | None = None, metric_options: dict | None = None
+          log_w: torch.Tensor | None = None, metric_options: dict | None = None,
+          cache_dir=None, cnf_samples: torch.Tensor | None = None, only=None
           ) -> tuple[dict[str, float], dict[str, str], dict]:
     """Metric values for ``samples [n, dim]``.
 
     Returns ``(values, errors, reference_columns)``: ``values`` has one float per applicable
     metric (NaN where undefined or failed), ``errors`` maps failed metric names to their error
     text, ``reference_columns`` holds reference_source/file/sha256 and ``n_reference``.
+    ``nll_cnf`` (opt-in: ``metric_options.nll_cnf``) trains on ``cnf_samples`` (default
+    ``samples``) and caches its CNF in ``cache_dir`` (runners/cnf.py). ``only``: compute just
+    these metric names.
     """
     opts = metric_options or {}
     has_density = log_prob is not None or log_w is not None
     ref, ref_cols = load_reference(target, samples.shape[0])
     ref_cols["n_reference"] = 0 if ref is None else int(ref.shape[0])
     names = metrics.applicable(target, log_prob is not None, path_weights=log_w is not None)
+    if only is not None:
+        names = [n for n in names if n in only]
     values: dict[str, float] = {}
     errors: dict[str, str] = {}
     snapshot = target.counter.snapshot()
@@ -80,8 +88,11 @@ def score(target, samples: torch.Tensor, *, log_prob: Callable | None = None,
             except Exception as exc:  # noqa: BLE001 - recorded per metric, the cell goes on
                 values[name] = math.nan
                 errors[name] = f"{type(exc).__name__}: {exc}"
-        if has_density:
+        if has_density and (only is None or set(only) & set(DENSITY)):
             values.update(_density_metrics(target, samples, ref, log_prob, log_w, errors))
+        if cnf_metric.enabled(opts) and (only is None or cnf_metric.NAME in only):
+            values.update(_cnf_metric(target, samples if cnf_samples is None else cnf_samples,
+                                      ref is not None, opts, cache_dir, errors))
     finally:
         target.counter.energy_evals = snapshot["energy_evals"]
         target.counter.grad_evals = snapshot["grad_evals"]
@@ -111,11 +122,24 @@ def _density_metrics(target, samples, ref, log_prob, log_w, errors) -> dict[str,
     return out
 
 
-def rescore(row: dict, target, samples: torch.Tensor, metric_options: dict | None = None) -> dict:
+def _cnf_metric(target, samples, has_ref, opts, cache_dir, errors) -> dict:
+    out = {cnf_metric.NAME: math.nan}
+    if not has_ref:
+        return out
+    try:
+        out.update(cnf_metric.columns(target, samples, target.reference("test"), opts, cache_dir))
+    except Exception as exc:  # noqa: BLE001 - recorded per metric, the cell goes on
+        errors[cnf_metric.NAME] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def rescore(row: dict, target, samples: torch.Tensor, metric_options: dict | None = None,
+            cache_dir=None, cnf_samples: torch.Tensor | None = None) -> dict:
     """A row scored while the target had no reference, scored again now that it has one, from
     its saved samples. Sample-only columns are kept; ``nll`` needs the sampler itself and stays
     NaN (noted in ``metric_errors``)."""
-    values, errors, ref_cols = score(target, samples, metric_options=metric_options)
+    values, errors, ref_cols = score(target, samples, metric_options=metric_options,
+                                     cache_dir=cache_dir, cnf_samples=cnf_samples)
     if ref_cols["reference_source"] == "missing":
         return row
     old = json.loads(row["metric_errors"]) if row.get("metric_errors") else {}

@@ -50,6 +50,8 @@ METRICS: dict[str, MetricInfo] = {
     "energy_tvd_official": MetricInfo("energy TV (official: inside range only)",
                                       "fraction, 0 to 1", "lower"),
     "nll": MetricInfo("NLL of the reference under the sampler", "nats", "lower"),
+    "nll_cnf": MetricInfo("NLL of the reference under a CNF fitted to the samples", "nats",
+                          "lower"),
     "log_z": MetricInfo("log Z estimate (log-mean-exp of weights)", "nats",
                         "closer to the true log Z is better (GMM-40: 0)"),
     "elbo": MetricInfo("ELBO (mean log weight)", "nats", "higher"),

@@ -31,6 +31,7 @@ import json
 import math
 import re
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ SUMMARY_COLS = ["target", "sampler", "metric", "mean", "sem", "n", "n_ok", "n_se
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Metric columns present in ``df`` (registered metrics, then density metrics), in order."""
     known = list(dict.fromkeys(list(metrics.names()) + list(metrics.DENSITY_METRICS)
-                               + list(metrics.PATH_METRICS)))
+                               + list(metrics.PATH_METRICS) + list(metrics.OPT_IN)))
     return [m for m in known if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
 
 
@@ -73,11 +74,12 @@ def applicable(target: str, sampler: str) -> frozenset | None:
     except Exception:  # noqa: BLE001 - unknown (plugin) names: decided from the rows instead
         return None
     own_log_z = {"log_z"} if getattr(cls, "gives_log_z", False) else set()
+    opt_in = frozenset(metrics.OPT_IN)  # from samples only: every sampler, when a profile asks
     if getattr(cls, "has_log_prob", False):
-        return frozenset(metrics.applicable(t, True))
+        return frozenset(metrics.applicable(t, True)) | opt_in
     if getattr(cls, "has_importance_weights", False):  # log Z, path ELBO, path ESS
-        return frozenset(metrics.applicable(t, False, path_weights=True))
-    return frozenset(metrics.applicable(t, False)) | own_log_z
+        return frozenset(metrics.applicable(t, False, path_weights=True)) | opt_in
+    return frozenset(metrics.applicable(t, False)) | own_log_z | opt_in
 
 
 def _col(g: pd.DataFrame, name: str, default="") -> pd.Series:
@@ -416,7 +418,7 @@ def to_markdown(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
         line = marks_line(t)
         parts += [line] if line else []
         parts += [f"- w{i}: {w}" for i, w in _used_warnings(t, windex)]
-        parts += [""]
+        parts += [""] + floor_lines(m, list(dict.fromkeys(summary["target"])))
     st = status_table(df)
     if not st.empty:
         st.index = [style.sampler_pretty(s, df) for s in st.index]
@@ -424,6 +426,27 @@ def to_markdown(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
         st.index.name = "sampler"
         parts += ["## Cell status", "", _md(st), ""]
     return "\n".join(parts)
+
+
+FLOORS = Path(__file__).resolve().parents[1] / "results" / "measured" / "nll_cnf_floors.csv"
+
+
+def floor_lines(metric: str, target_names: list[str], path: Path = FLOORS) -> list[str]:
+    """Under the nll_cnf table: the measured floors of ``target_names`` (the reference's own
+    nll_cnf, and GMM-40's exact NLL) from results/measured/nll_cnf_floors.csv, with their
+    settings; nothing for other metrics or when the file is absent."""
+    if metric != "nll_cnf" or not path.is_file():
+        return []
+    fl = pd.read_csv(path, keep_default_na=False)
+    fl = fl[fl["target"].isin(target_names)]
+    if fl.empty:
+        return []
+    out = ["Floors (results/measured/nll_cnf_floors.csv, docs/metrics.md), at the settings "
+           "given: compare only with rows whose CNF was trained the same way.", ""]
+    for _, r in fl.iterrows():
+        out.append(f"- {style.target_pretty(r['target'])}: {r['quantity']} = {r['value']:.3f} "
+                   f"nats ({r['settings']})")
+    return out + [""]
 
 
 # ---- LaTeX -----------------------------------------------------------------------------------

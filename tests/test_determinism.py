@@ -9,7 +9,7 @@ import pytest
 import metrics
 from helpers_grid import load_rows, run_grid
 
-COLUMNS = [*metrics.names(), "energy_evals", "grad_evals", "fit_energy_evals", "status"]
+COLUMNS = [*metrics.names(), *metrics.OPT_IN, "energy_evals", "grad_evals", "fit_energy_evals", "status"]
 
 
 def _same(a, b) -> bool:
