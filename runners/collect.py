@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import rows, tables
+from . import published_comparison, rows, tables
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published.csv"
 BUDGET_COLS = ["budget_energy_evals", "budget_seconds"]  # the budget axis (runners/ladder.py)
@@ -75,10 +75,10 @@ def write_tables(df: pd.DataFrame, table_dir: Path) -> list[Path]:
     rows.write_text(paths[0], md)
     rows.write_text(paths[1], tables.to_latex(df, summary))
     rows.write_text(paths[2], tables.to_csv_frame(summary).to_csv(index=False))
-    comp = tables.comparison(summary, load_published())
+    comp = published_comparison.comparison(summary, load_published())
     if not comp.empty:
         paths += [table_dir / "published_comparison.md", table_dir / "published_comparison.csv"]
-        rows.write_text(paths[3], tables.comparison_markdown(comp))
+        rows.write_text(paths[3], published_comparison.comparison_markdown(comp))
         rows.write_text(paths[4], comp.to_csv(index=False))
     if axis:
         paths += budget_tables.write(full, table_dir)

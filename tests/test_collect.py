@@ -1,9 +1,8 @@
 """Collect, tables and plots on hand-made results (no sampler runs)."""
 from __future__ import annotations
 
-import re
-
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import targets
-from runners import collect, plots, rows, tables
+from runners import collect, plots, published_comparison, rows, tables
 
 
 def frame() -> pd.DataFrame:
@@ -56,11 +55,11 @@ def test_comparison_uses_only_matching_definitions():
              reference_set="blog-new", n_seeds=5),
         dict(source="asbs", target="dw4", method="iDEM", metric="", value=0.7, std=0.06,
              reference_set="unknown", n_seeds=3)])
-    comp = tables.comparison(tables.summarize(frame()), pub)
+    comp = published_comparison.comparison(tables.summarize(frame()), pub)
     assert set(comp["target"]) == {"gmm40"}
     assert sorted(comp["method"]) == ["MCMC", "a", "b"]
     assert 9.9 not in set(comp["value"])
-    md = tables.comparison_markdown(comp)
+    md = published_comparison.comparison_markdown(comp)
     assert "| gmm40 | x_w2 | blog | MCMC |  | 4.2 ± 0.5 |" in md
 
 
@@ -153,9 +152,9 @@ def test_comparison_says_when_sample_sizes_differ():
                              value=4.2, std=0.5, reference_set="official", n_seeds=3,
                              n_samples=2000)])
     df = frame().assign(n_eval=1000)
-    md = tables.comparison_markdown(tables.comparison(tables.summarize(df), pub))
+    md = published_comparison.comparison_markdown(published_comparison.comparison(tables.summarize(df), pub))
     assert "| gmm40 | x_w2 | asbs | MCMC | 2000 | 4.2 ± 0.5 |  |" in md
     assert "| gmm40 | x_w2 | ours | b | 1000 | 5 | scored on 1000 samples; published on 2000: " \
            "not comparable |" in md
-    same = tables.comparison(tables.summarize(df.assign(n_eval=2000)), pub)
+    same = published_comparison.comparison(tables.summarize(df.assign(n_eval=2000)), pub)
     assert not same["note"].str.contains("not comparable").any()

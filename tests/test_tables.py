@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from runners import style, tables
+from runners import published_comparison, style, tables
 
 
 def rows() -> pd.DataFrame:
@@ -131,14 +131,14 @@ def test_latex_is_a_booktabs_table_with_pretty_names_and_caption():
 def test_published_comparison_flags_smoke_runs_only():
     pub = pd.DataFrame([dict(source="paper", target="dw4", method="iDEM", metric="x_w2",
                              value=2.0, std=0.1, reference_set="official", n_seeds=3)])
-    paper = tables.comparison(tables.summarize(rows()), pub)
-    md = tables.comparison_markdown(paper)
+    paper = published_comparison.comparison(tables.summarize(rows()), pub)
+    md = published_comparison.comparison_markdown(paper)
     assert "smoke" not in md.lower()
     assert "| dw4 | x_w2 | ours | FAB | 1000 | 4 ± 1 |" in md
     assert "| dw4 | x_w2 | ours | iDEM | 1000 | failed |" in md
     smoke = rows().assign(profile="smoke")
-    comp = tables.comparison(tables.summarize(smoke), pub)
-    md = tables.comparison_markdown(comp)
+    comp = published_comparison.comparison(tables.summarize(smoke), pub)
+    md = published_comparison.comparison_markdown(comp)
     assert "smoke run: tiny budgets, not comparable to published numbers" in md.split("|")[0]
     assert "| dw4 | x_w2 | ours (smoke run) | FAB |" in md
     assert (comp.loc[comp["who"] == "ours", "note"] == style.SMOKE_CAVEAT).all()
