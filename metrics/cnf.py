@@ -35,6 +35,8 @@ from torch import nn
 from torch.func import jacrev, vmap
 from torchdiffeq import odeint
 
+from targets.particles import remove_mean
+
 from ._common import MetricInputError
 
 # Fewest training samples / test points accepted: below this a flow fit or an average is noise.
@@ -61,9 +63,7 @@ class Geometry:
     def remove_mean(self, x: torch.Tensor) -> torch.Tensor:
         if self.particles is None:
             return x
-        n, d = self.particles
-        xp = x.reshape(*x.shape[:-1], n, d)
-        return (xp - xp.mean(-2, keepdim=True)).reshape(x.shape)
+        return remove_mean(x, *self.particles)
 
 
 class Scaled(nn.Module):

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import nn
 
+from targets.particles import remove_mean
+
 
 class FourierTime(nn.Module):
     """``t [B]`` (in [0, 1]) -> ``[B, 2 * channels]``: sin/cos of (fixed freq * t + learned phase)."""
@@ -85,9 +87,7 @@ class ControlNet(nn.Module):
         """Remove the per-configuration particle mean (identity for non-particle targets)."""
         if self.particles is None:
             return v
-        n, d = self.particles
-        vp = v.reshape(*v.shape[:-1], n, d)
-        return (vp - vp.mean(-2, keepdim=True)).reshape(v.shape)
+        return remove_mean(v, *self.particles)
 
 
 class EquivariantControlNet(nn.Module):
