@@ -26,7 +26,8 @@ POINT_COLS = ["target", "sampler", "budget_unit", "budget", "metric", "mean", "s
 BEST_COLS = ["target", "metric", "direction", "budget_unit", "budget", "best", "best_mean",
              "best_sem", "best_energy_evals", "second", "second_mean", "second_sem",
              "second_energy_evals", "gap", "combined_sem", "gap_exceeds_sem", "n_samplers"]
-UNIT_COL = {"energy_evals": "budget_energy_evals", "seconds": "budget_seconds"}
+UNIT_COL = {"energy_evals": "budget_energy_evals", "seconds": "budget_seconds",
+            "steps": "budget_steps"}
 
 
 def with_budget(df: pd.DataFrame) -> pd.DataFrame:
@@ -75,8 +76,12 @@ def budget_points(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.Data
 
 def best_at_budget(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """One row per (target, metric, rung): best and second sampler with mean ± s.e.m., the gap
-    and whether it exceeds the combined s.e.m."""
+    and whether it exceeds the combined s.e.m. Steps rungs are not ranked: a step is each
+    sampler's own unit (an optimiser step, a chain transition), so equal steps are not equal
+    compute."""
     pts = budget_points(df, metrics)
+    if not pts.empty:
+        pts = pts[pts["budget_unit"] != "steps"]
     out = []
     for (t, m, unit, b), g in pts.groupby(["target", "metric", "budget_unit", "budget"],
                                           sort=False):
@@ -118,7 +123,7 @@ def _short(v: float) -> str:
 
 
 def _budget_text(unit: str, b: float) -> str:
-    return f"{_short(b)} evals" if unit == "energy_evals" else f"{b:g} s"
+    return {"energy_evals": f"{_short(b)} evals", "steps": f"{b:g} steps"}.get(unit, f"{b:g} s")
 
 
 def to_markdown(best: pd.DataFrame, df: pd.DataFrame | None = None) -> str:

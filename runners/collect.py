@@ -23,7 +23,8 @@ import pandas as pd
 from . import published_comparison, rows, tables
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published.csv"
-BUDGET_COLS = ["budget_energy_evals", "budget_seconds"]  # the budget axis (runners/ladder.py)
+BUDGET_COLS = ["budget_energy_evals", "budget_seconds", "budget_steps"]  # the budget axis (runners/ladder.py)
+UNIT_WORDS = {"seconds": "s", "energy_evals": "energy evaluations", "steps": "steps"}
 FIRST_COLS = ["target", "sampler", "seed", "status", "reason", "energy_evals", "grad_evals",
               "fit_seconds", "sample_seconds", "peak_memory_mb"]
 
@@ -89,7 +90,7 @@ def _rungs(df: pd.DataFrame) -> str:
     from . import budget_tables
     sub = budget_tables.with_budget(df)
     return "; ".join(f"{t} {s} {budget_tables._short(b)} "
-                     f"{'s' if u == 'seconds' else 'energy evaluations'}"
+                     f"{UNIT_WORDS.get(u, u)}"
                      for (t, s, u), b in sub.groupby(["target", "sampler", "budget_unit"],
                                                      sort=False)["budget"].max().items())
 

@@ -29,7 +29,8 @@ import targets
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 LAUNCHERS = ("auto", "local", "slurm", "debug")
 BUDGET_KEYS = ("max_energy_evals", "max_seconds", "max_steps")
-PROFILE_KEYS = ("seeds", "n_eval", "budget", "budget_ladder", "budget_ladder_s", "metric_options",
+PROFILE_KEYS = ("seeds", "n_eval", "budget", "budget_ladder", "budget_ladder_s",
+                "budget_ladder_steps", "metric_options",
                 "samplers", "description")
 PLUGINS_ENV = _plugins.PLUGINS_ENV
 
@@ -71,6 +72,7 @@ class GridConfig:
     plugins: Any = None             # extra sampler/target modules or .py files: "mod,path/x.py"
     budgets: Any = None             # budget axis: energy-evaluation ladder [1e5,1e6,1e7]
     budgets_s: Any = None           # budget axis: wall-seconds ladder [30,300]
+    budgets_steps: Any = None       # budget axis: sampler-steps ladder [100,1000] (runners.curve)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
@@ -387,7 +389,8 @@ def parse(argv: list[str]) -> Grid:
             validate_sampler_config(s, t, sampler_configs[(s, t)])
 
     try:
-        ladders = _ladder.resolve({"budgets": cfg.budgets, "budgets_s": cfg.budgets_s}, profile,
+        ladders = _ladder.resolve({"budgets": cfg.budgets, "budgets_s": cfg.budgets_s,
+                                   "budgets_steps": cfg.budgets_steps}, profile,
                                   str(ppath), t_names, budgets, targets.names())
     except _ladder.LadderError as exc:
         raise ConfigError(str(exc)) from None

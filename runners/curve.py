@@ -1,43 +1,51 @@
-"""``python -m runners.curve targets=gmm40 samplers=idem outer=400 every=25 [grid options]``
+"""``python -m runners.curve targets=<one> samplers=<one> steps=N every=M [grid options]``
 
-A learning curve of iDEM / pDEM: train outer iteration by outer iteration (``n_inner`` optimiser
-steps, then for iDEM a generation into the buffer) and, every ``every`` outer iterations, draw
-``n_eval`` samples and score them with the grid's metrics (runners/scoring.py, same reference
-points). One CSV row per evaluated sample set is appended to ``OUT/curve.csv`` as soon as it
-exists, so a run stopped at any point keeps every finished evaluation.
+A quality-vs-compute curve of one (target, sampler, seed): the grid's budget ladder
+(runners/ladder.py, docs/budgets.md) run rung by rung in this process, so a curve point *is* a
+grid cell, with the cell's key, row, saved samples and continuation. Every sampler has one:
 
-It takes the grid's ``key=value`` options for exactly one target and one sampler (``profile``,
-``seeds=[k]`` (default ``[0]``), ``threads``, ``base_seed``, ``n_eval``, per-sampler overrides
-such as ``idem.n_mc=100``); the sampler config, cell seed and evaluation protocol are the grid
-cell's, so the last row (batch 0) of a run of N outer iterations scores what a grid cell with
-``idem.max_outer=N`` would sample (the grid's sampling generator, evaluated at that point).
-Its own options: ``outer`` (outer iterations, default 100), ``every`` (default 10),
-``batches`` (independent sample sets per evaluation, default 1; one row each, ``batch`` 0 drawn
-with the grid cell's sampling seed) and ``select`` (``none``, the default, or ``val``).
+* ``steps=N every=M``: a ladder of the sampler's own steps M, 2M, ..., N (optimiser steps of a
+  learned sampler, transitions of MCMC chains, moves of SMC); N is always the last rung;
+* ``outer=N every=M`` (iDEM, pDEM): the same in outer iterations, i.e. steps
+  ``k * M * n_inner`` (default ``outer=100 every=10`` for these two);
+* or the grid's own ladder options, ``budgets=[1e4,1e5,1e6]`` (energy evaluations),
+  ``budgets_s=[...]`` (wall seconds) or ``budgets_steps=[...]``.
 
-``select=val`` reproduces the official code's model selection (reference-idem.md §3.1: the
-checkpoint with the best ``val/2-Wasserstein``), for comparing with numbers obtained that way: at
-every evaluation one more set of ``n_eval`` samples (its own seed) is scored by ``x_w2`` against
-the target's *val* split (column ``val_x_w2``); whenever it improves, the sampler state is saved
-to ``OUT/state_selected.pt``, and at the end ``OUT/selected.json`` names the selected outer
-iteration with its test-split metrics (mean over the batches). Selection looks at reference data,
-which a sampler in practice does not have, so the suite's own numbers never select; on DW-4 the
-val and test splits share 2,535 configurations, so selection there also leaks test points.
+Each rung continues from the rung below's saved state where the sampler has ``state_dict``
+(iDEM, pDEM, PIS, DDS, FAB, MALA, HMC, RWM: the point at N steps equals one fit of N steps, tested)
+and runs fresh otherwise (SMC: each point is its own fit); the row's ``continuation`` says which.
+A steps rung caps steps only (no energy or time cap: the ladder is the budget), and every row
+records the energy evaluations and seconds spent, so the same curve is drawn against either.
 
-At the end the sampler's ``state_dict`` is saved to ``OUT/state.pt``. The profile's energy
-budget is not applied: ``outer`` is the budget, and each row records the energy evaluations
-spent so far. Evaluation samples come from a generator separate from the training one, so
-evaluating does not change the training trajectory. A divergence (NaN/inf loss or samples)
-ends the curve with a row of status ``diverged`` and its reason, exit status 0.
+Outputs, in ``out`` (default ``results/runs/curve-<target>-<sampler>-s<seed>``): the rung cells
+under ``cells/`` (``python -m runners.collect out=...`` draws their budget figures), and
+``curve.csv``, one row per (rung, sample batch), rewritten after every rung so a stopped curve
+keeps its finished points. A rerun with the same options resumes: finished rungs are kept. The
+curve stops at the first rung that does not finish ``ok`` (diverged, error, timeout: that row
+records it, exit status 0); the grid, by contrast, runs the rungs above fresh.
+
+Its own options besides the ladder: ``batches`` (sample sets scored per point, default 1: batch 0
+is the cell's own, batches 1.. are drawn from the rung's saved state with their own seeds) and
+``select`` (``none``, the default, or ``val``). ``select=val`` reproduces the official iDEM
+code's model selection (reference-idem.md §3.1: the checkpoint with the best
+``val/2-Wasserstein``), for comparing with numbers obtained that way: at every point one more set
+of ``n_eval`` samples is scored by ``x_w2`` against the target's *val* split (``val_x_w2``), and
+``selected.json`` names the best point with its test-split metrics (mean over the batches),
+``state_selected.pt`` holds its sampler state. Selection looks at reference data, which a sampler
+in practice does not have, so the suite's own numbers never select; on DW-4 the val and test
+splits share 2,535 configurations, so selection there also leaks test points. Batches above 0 and
+``select=val`` need a saved state, so samplers without ``state_dict`` (SMC) allow neither.
+
+The other options are the grid's, for exactly one target, sampler and seed (``profile``,
+default ``paper``; ``seeds=[k]``, default ``[0]``; ``n_eval``, ``threads``, ``base_seed``,
+per-sampler overrides such as ``idem.n_mc=100``). ``OUT/state.pt`` is the top rung's sampler state.
 """
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,26 +54,32 @@ import metrics
 import samplers
 import targets
 from targets import ReferenceDataError
-from . import rows, scoring
-from .cell import cell_seed, stable_int
-from .config import ConfigError, build_sampler_config, parse
+from . import ladder, rows
+from .cell import CellSpec, run_cell, stable_int
+from .config import ConfigError, build_sampler_config, load_plugins, parse
+from .grid import build_specs, check_out
+from .lock import LockHeld, RunLock
+from .scoring import score
 
-OWN = {"outer": 100, "every": 10, "batches": 1}
+OWN_INT = ("outer", "steps", "every", "batches")
 SELECT = ("none", "val")
-SUPPORTED = ("idem", "pdem")
-METRIC_COLUMNS = ("x_w2", "x_w2_aligned", "energy_w1", "energy_w2", "energy_w2_sq", "dist_tvd",
-                  "energy_tvd")
+OUTER_SAMPLERS = ("idem", "pdem")  # samplers with outer iterations (n_inner steps each)
+LADDER_KEYS = tuple(ladder.CLI)
+FIELDS = ["target", "sampler", "seed", "cell_seed", "status", "reason", "budget_unit", "rung",
+          "outer", "batch", "steps", "energy_evals", "fit_energy_evals", "grad_evals",
+          "train_seconds", "sample_seconds", "eval_seconds", "mean_loss", "ran_fresh",
+          "continuation", "val_x_w2", "cell_key", "code_version", "config"]
 
 
 def _split(argv: list[str]) -> tuple[dict, list[str]]:
-    own, rest = {**OWN, "select": "none"}, []
+    own, rest = {"select": "none"}, []
     for tok in argv:
         key, eq, val = tok.partition("=")
         if eq and key == "select":
             if val not in SELECT:
                 raise ConfigError(f"select: got {val!r}; expected one of {', '.join(SELECT)}")
             own[key] = val
-        elif eq and key in OWN:
+        elif eq and key in OWN_INT:
             try:
                 own[key] = int(val)
             except ValueError:
@@ -77,11 +91,6 @@ def _split(argv: list[str]) -> tuple[dict, list[str]]:
     return own, rest
 
 
-FIELDS = ["target", "sampler", "seed", "cell_seed", "status", "reason", "outer", "batch", "steps",
-          "energy_evals", "train_seconds", "eval_seconds", "mean_loss", *METRIC_COLUMNS, "val_x_w2",
-          "code_version", "config"]
-
-
 def _grid(argv: list[str]):
     if not any(t.startswith("profile=") for t in argv):
         argv = [*argv, "profile=paper"]
@@ -91,58 +100,126 @@ def _grid(argv: list[str]):
     if len(grid.targets) != 1 or len(grid.samplers) != 1 or len(grid.seeds) != 1:
         raise ConfigError(f"a curve needs one target, one sampler and one seed; got targets "
                           f"{grid.targets}, samplers {grid.samplers}, seeds {grid.seeds}")
-    if grid.samplers[0] not in SUPPORTED:
-        raise ConfigError(f"samplers: got {grid.samplers[0]!r}; curves need outer iterations: "
-                          f"{', '.join(SUPPORTED)}")
     return grid
 
 
-def _score_batches(sampler, target, grid, cseed: int, batches: int) -> list[dict]:
-    """Metric values of ``batches`` independent sample sets of ``n_eval``; batch 0 is drawn with
-    the grid cell's sampling seed. Evaluation spends nothing (counters restored)."""
-    spent = target.counter.snapshot()
-    out = []
-    for b in range(batches):
-        seed = stable_int(cseed, "sample") if b == 0 else stable_int(cseed, "sample", b)
-        x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(seed))
-        out.append(scoring.score(target, x, metric_options=grid.metric_options)[0])
-    # sampling for the curve (LJ-55's negative-time gradients) is not training spend
-    target.counter.energy_evals = spent["energy_evals"]
-    target.counter.grad_evals = spent["grad_evals"]
-    return out
+def steps_ladder(own: dict, sampler: str, config) -> list[int]:
+    """The rungs in steps from ``steps=``/``outer=`` and ``every=``: every, 2*every, ..., last."""
+    if "steps" in own and "outer" in own:
+        raise ConfigError(f"steps, outer: got steps={own['steps']} and outer={own['outer']}; "
+                          f"give one (outer iterations are n_inner={config.n_inner} steps each)"
+                          if hasattr(config, "n_inner") else
+                          "steps, outer: got both; give steps=")
+    per = 1
+    if "outer" in own or ("steps" not in own and sampler in OUTER_SAMPLERS):
+        if sampler not in OUTER_SAMPLERS:
+            raise ConfigError(f"outer: got {own['outer']} for {sampler}, which has no outer "
+                              f"iterations (only {', '.join(OUTER_SAMPLERS)}); use steps=N every=M")
+        per, last = config.n_inner, own.get("outer", 100)
+        every = own.get("every", 10)
+    elif "steps" in own:
+        last, every = own["steps"], own.get("every", max(1, own["steps"] // 10))
+    else:
+        raise ConfigError(f"steps: missing; a curve of {sampler} needs steps=N (every=M, default "
+                          f"N/10) or a ladder: budgets=[...], budgets_s=[...] or budgets_steps=[...]")
+    rungs = sorted({*range(every, last + 1, every), last})
+    return [r * per for r in rungs]
 
 
-def _val_reference(target) -> torch.Tensor:
+def _specs(own: dict, grid) -> list[CellSpec]:
+    t_name, s_name = grid.targets[0], grid.samplers[0]
+    config = build_sampler_config(s_name, grid.sampler_configs[(s_name, t_name)])
+    if t_name in grid.ladders:  # budgets= / budgets_s= / budgets_steps= (or the profile's)
+        if "steps" in own or "outer" in own:
+            raise ConfigError("steps/outer and budgets*: got both; a curve has one ladder")
+    else:
+        rungs = steps_ladder(own, s_name, config)
+        grid.ladders[t_name] = ("steps", [ladder.rung_budget("steps", r) for r in rungs])
+    specs = build_specs(grid, "debug")
+    needs_state = own.get("batches", 1) > 1 or own["select"] == "val"
+    if needs_state and not hasattr(samplers.get(s_name), "state_dict"):
+        raise ConfigError(f"batches/select: {s_name} has no state_dict, so a point has only the "
+                          f"cell's own sample set; use batches=1 select=none")
+    # The curve process runs the cells itself; a stuck rung is stopped by the user (Ctrl-C).
+    return [dataclasses.replace(s, timeout_s=None) for s in specs]
+
+
+def restore(spec: CellSpec):
+    """(sampler, target) as the rung's fit left them, from its saved ``state.pt``: loaded, then a
+    ``fit`` under a spent budget, as a continued rung does, so that samplers which finish setting
+    up when they see the target do so (tested: it samples what the cell sampled)."""
+    load_plugins(spec.plugins)
+    target = targets.get(spec.target)
+    sampler = samplers.get(spec.sampler)(build_sampler_config(spec.sampler, spec.sampler_config))
+    ckpt = torch.load(spec.dir / ladder.STATE_FILE, weights_only=False)
+    sampler.load_state_dict(ckpt["state"])
+    sampler.fit(target, samplers.Budget(max_energy_evals=1, max_seconds=1e-6),
+                torch.Generator().manual_seed(spec.cell_seed))
+    return sampler, target
+
+
+def _extra_scores(spec: CellSpec, row: dict, grid, own: dict, val_ref) -> tuple[list, float]:
+    """Metric dicts of batches 1.. and the val x_w2 of one more sample set (both drawn from the
+    restored state with their own seeds; nothing is charged to the sampler)."""
+    batches, val_w2 = own.get("batches", 1), math.nan
+    if batches == 1 and val_ref is None:
+        return [], val_w2
+    sampler, target = restore(spec)
+    extra = []
+    for b in range(1, batches):
+        x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(
+            stable_int(spec.cell_seed, "sample", b)))
+        extra.append(score(target, x, metric_options=spec.metric_options)[0])
+    if val_ref is not None:
+        x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(
+            stable_int(spec.cell_seed, "select", int(spec.rung))))
+        opts = (grid.metric_options or {}).get("x_w2", {})
+        val_w2 = float(metrics.get("x_w2")(x, val_ref[: x.shape[0]], target, **opts))
+    return extra, val_w2
+
+
+def _val_reference(target_name: str) -> torch.Tensor:
     try:
-        return target.reference("val")
+        return targets.get(target_name).reference("val")
     except (ReferenceDataError, ValueError, KeyError) as exc:
-        raise ConfigError(f"select: got 'val', but {target.name} has no val split here ({exc}); "
+        raise ConfigError(f"select: got 'val', but {target_name} has no val split here ({exc}); "
                           f"use select=none") from None
 
 
-def _val_x_w2(sampler, target, grid, cseed: int, k: int, val_ref: torch.Tensor) -> float:
-    """x_w2 of a separate set of ``n_eval`` samples against the val split (spends nothing)."""
-    spent = target.counter.snapshot()
-    x = sampler.sample(grid.n_eval, torch.Generator().manual_seed(stable_int(cseed, "select", k)))
-    opts = (grid.metric_options or {}).get("x_w2", {})
-    value = float(metrics.get("x_w2")(x, val_ref[: x.shape[0]], target, **opts))
-    target.counter.energy_evals = spent["energy_evals"]
-    target.counter.grad_evals = spent["grad_evals"]
-    return value
+def _points(spec: CellSpec, row: dict, extra: list[dict], val_w2: float) -> list[dict]:
+    """curve.csv rows of one rung: batch 0 from the cell's row, then the extra batches."""
+    info = json.loads(row.get("fit_info") or "{}")
+    outer = info.get("outer_iterations", "")
+    if outer == "" and spec.sampler in OUTER_SAMPLERS and spec.budget_unit == "steps":
+        # a rung that did not finish still names the outer iteration it was run to
+        outer = int(spec.rung) // build_sampler_config(spec.sampler, spec.sampler_config).n_inner
+    eval_s = sum(v for v in (row.get("sample_seconds"), row.get("metric_seconds"))
+                 if isinstance(v, (int, float)) and math.isfinite(v))
+    base = {"target": spec.target, "sampler": spec.sampler, "seed": spec.seed,
+            "cell_seed": spec.cell_seed, "status": row["status"], "reason": row.get("reason", ""),
+            "budget_unit": spec.budget_unit, "rung": spec.rung,
+            "outer": outer, "steps": info.get("steps", ""),
+            "energy_evals": row.get("energy_evals"), "fit_energy_evals": row.get("fit_energy_evals"),
+            "grad_evals": row.get("grad_evals"), "train_seconds": row.get("fit_seconds"),
+            "sample_seconds": row.get("sample_seconds"), "eval_seconds": round(eval_s, 3),
+            "mean_loss": info.get("final_loss", ""), "ran_fresh": row.get("ran_fresh"),
+            "continuation": row.get("continuation", ""),
+            "val_x_w2": "" if math.isnan(val_w2) else val_w2, "cell_key": spec.key,
+            "code_version": row.get("code_version", ""),
+            "config": json.dumps(rows.jsonable(spec.sampler_config), sort_keys=True)}
+    scored = [{m: row[m] for m in metrics.names() if m in row}] if row["status"] == "ok" else [{}]
+    return [{**base, "batch": b, **s} for b, s in enumerate(scored + extra)]
 
 
-def _save_state(sampler, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(sampler.state_dict(), buf)
-    rows.write_bytes(path, buf.getvalue())
+def _write_csv(path: Path, points: list[dict]) -> None:
+    import pandas as pd
+    cols = FIELDS + [m for m in metrics.names() if any(m in p for p in points)]
+    rows.write_text(path, pd.DataFrame(points, columns=cols).to_csv(index=False))
 
 
-def _write_selected(out: Path, best: dict) -> None:
-    text = json.dumps(best, indent=2, sort_keys=True) + "\n"
-    rows.write_bytes(out / "selected.json", text.encode())
-    print(f"[curve] selected by val x_w2: outer {best['outer']} (val x_w2 {best['val_x_w2']:.4g}); "
-          f"test x_w2 {best['test'].get('x_w2', math.nan):.4g} -> {out / 'selected.json'}",
-          flush=True)
+def _mean(points: list[dict], m: str) -> float:
+    vals = [p[m] for p in points if isinstance(p.get(m), (int, float))]
+    return sum(vals) / len(vals) if vals else math.nan
 
 
 def run(argv: list[str]) -> Path:
@@ -150,72 +227,74 @@ def run(argv: list[str]) -> Path:
     grid = _grid(grid_argv)
     t_name, s_name, seed = grid.targets[0], grid.samplers[0], grid.seeds[0]
     out = Path(grid.config.out or f"results/runs/curve-{t_name}-{s_name}-s{seed}")
-    target = targets.get(t_name)
-    val_ref = _val_reference(target) if own["select"] == "val" else None
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(grid.config.threads)
-    values = grid.sampler_configs[(s_name, t_name)]
-    sampler = samplers.get(s_name)(build_sampler_config(s_name, values))
-    cseed = cell_seed(grid.config.base_seed, t_name, s_name, seed)
-    train_gen = torch.Generator().manual_seed(cseed)
-    path = out / "curve.csv"
-    print(f"[curve] {t_name} / {s_name} / seed {seed}: {own['outer']} outer iterations, scored "
-          f"every {own['every']} on {own['batches']} x {grid.n_eval} samples -> {path}", flush=True)
-    ident = {"target": t_name, "sampler": s_name, "seed": seed, "cell_seed": cseed,
-             "code_version": rows.code_version()}
-    best: dict | None = None
-    t0 = time.perf_counter()
-    sampler.setup(target, train_gen)
-    train_s = time.perf_counter() - t0
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for k in range(1, own["outer"] + 1):
-            t1 = time.perf_counter()
-            try:
-                loss = sampler.outer_iteration(train_gen)
-                train_s += time.perf_counter() - t1
-                if k % own["every"] and k != own["outer"]:
-                    continue
-                t2 = time.perf_counter()
-                scored = _score_batches(sampler, target, grid, cseed, own["batches"])
-                val_w2 = math.nan if val_ref is None else \
-                    _val_x_w2(sampler, target, grid, cseed, k, val_ref)
-            except samplers.Diverged as exc:  # a recorded outcome, as in a grid cell
-                writer.writerow({**ident, "outer": k, "steps": sampler.steps,
-                                 "status": "diverged", "reason": str(exc)})
-                print(f"[curve] outer {k}: diverged: {exc}", flush=True)
-                break
-            common = {**ident, "status": "ok", "reason": "", "outer": k, "steps": sampler.steps,
-                      "energy_evals": target.counter.snapshot()["energy_evals"],
-                      "train_seconds": round(train_s, 2),
-                      "eval_seconds": round(time.perf_counter() - t2, 2), "mean_loss": loss,
-                      "config": json.dumps(rows.jsonable(values), sort_keys=True)}
-            for b, scores in enumerate(scored):
-                writer.writerow({**common, "batch": b, **scores,
-                                 "val_x_w2": "" if val_ref is None else val_w2})
-            fh.flush()
-            if val_ref is not None and math.isfinite(val_w2) and \
-                    (best is None or val_w2 < best["val_x_w2"]):
-                best = {"outer": k, "steps": sampler.steps, "val_x_w2": val_w2,
-                        "energy_evals": common["energy_evals"],
-                        "criterion": "min x_w2 vs the val split (official val/2-Wasserstein)",
-                        "test": {m: sum(sc[m] for sc in scored) / len(scored)
-                                 for m in METRIC_COLUMNS if m in scored[0]}}
-                _save_state(sampler, out / "state_selected.pt")
-            shown = ", ".join(
-                f"{m} {sum(sc[m] for sc in scored) / len(scored):.4g}"
-                for m in METRIC_COLUMNS if m in scored[0])
-            if val_ref is not None:
-                shown += f"; val x_w2 {val_w2:.4g}"
-            print(f"[curve] outer {k} ({train_s:.0f} s training): loss {loss:.4g}; {shown}",
-                  flush=True)
-    state = out / "state.pt"
-    _save_state(sampler, state)
+    grid.out = str(out)
+    specs = _specs(own, grid)
+    val_ref = _val_reference(t_name) if own["select"] == "val" else None
+    check_out(out)
+    try:
+        lock = RunLock(out).acquire()
+    except LockHeld as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return _run_ladder(specs, grid, own, val_ref, out)
+    finally:
+        lock.release()
+
+
+def _run_ladder(specs, grid, own, val_ref, out: Path) -> Path:
+    path, points, best = out / "curve.csv", [], None
+    unit = specs[0].budget_unit
+    print(f"[curve] {specs[0].target} / {specs[0].sampler} / seed {specs[0].seed}: "
+          f"{len(specs)} points ({unit} {', '.join(f'{s.rung:g}' for s in specs)}), "
+          f"{own.get('batches', 1)} x {grid.n_eval} samples each -> {path}", flush=True)
+    for spec in specs:
+        row = rows.read_row(spec.dir)
+        kept = row is not None and row["status"] == "ok" and (
+            not hasattr(samplers.get(spec.sampler), "state_dict")
+            or (spec.dir / ladder.STATE_FILE).is_file())
+        if not kept:
+            row = run_cell(spec)
+        extra, val_w2 = _extra_scores(spec, row, grid, own, val_ref) \
+            if row["status"] == "ok" else ([], math.nan)
+        new = _points(spec, row, extra, val_w2)
+        points += new
+        _write_csv(path, points)
+        if row["status"] != "ok":
+            print(f"[curve] {unit} {spec.rung:g}: {row['status']}: {row.get('reason', '')}; the "
+                  f"curve stops here", flush=True)
+            break
+        if math.isfinite(val_w2) and (best is None or val_w2 < best["val_x_w2"]):
+            best = {"rung": spec.rung, "budget_unit": unit, "outer": new[0]["outer"],
+                    "steps": new[0]["steps"], "val_x_w2": val_w2,
+                    "energy_evals": new[0]["energy_evals"], "cell_key": spec.key,
+                    "criterion": "min x_w2 vs the val split (official val/2-Wasserstein)",
+                    "test": {m: _mean(new, m) for m in metrics.names() if m in new[0]}}
+            rows.write_bytes(out / "state_selected.pt",
+                             _sampler_state(spec.dir / ladder.STATE_FILE))
+        shown = ", ".join(f"{m} {_mean(new, m):.4g}" for m in ("x_w2", "x_w2_aligned",
+                                                                "energy_w2", "dist_tvd")
+                          if m in new[0])
+        kept_note = " (kept from an earlier run)" if kept else ""
+        print(f"[curve] {unit} {spec.rung:g}{kept_note}: {new[0]['energy_evals']} energy evals, "
+              f"{row['fit_seconds']:.1f} s fit; {shown}"
+              + (f"; val x_w2 {val_w2:.4g}" if math.isfinite(val_w2) else ""), flush=True)
+    top = specs[-1].dir / ladder.STATE_FILE
+    if points and points[-1]["status"] == "ok" and top.is_file():
+        rows.write_bytes(out / "state.pt", _sampler_state(top))
     if best is not None:
-        _write_selected(out, best)
-    print(f"[curve] sampler state after {sampler.outer} outer iterations -> {state}", flush=True)
+        rows.write_text(out / "selected.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
+        print(f"[curve] selected by val x_w2: {unit} {best['rung']:g} (val x_w2 "
+              f"{best['val_x_w2']:.4g}); test x_w2 {best['test'].get('x_w2', math.nan):.4g} -> "
+              f"{out / 'selected.json'}", flush=True)
     return path
+
+
+def _sampler_state(cell_state: Path) -> bytes:
+    """The sampler's own ``state_dict`` from a rung's ``state.pt`` (which adds the spending)."""
+    import io
+    buf = io.BytesIO()
+    torch.save(torch.load(cell_state, weights_only=False)["state"], buf)
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\n[curve] interrupted; finished points are kept, re-run the command to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -60,6 +60,8 @@ HELP = {
                "load by themselves",
     "budgets": "budget axis: energy-evaluation ladder, e.g. [1e5,1e6,1e7] (one cell per rung)",
     "budgets_s": "budget axis: wall-seconds ladder of fit, e.g. [30,300] (machine-dependent)",
+    "budgets_steps": "budget axis: ladder of the sampler's steps, e.g. [100,1000] (optimiser steps "
+                     "or chain transitions; runners.curve)",
 }
 
 

@@ -3,11 +3,13 @@ profile's ``budget_ladder`` / ``budget_ladder_s``), and what a ladder cell needs
 the rung below it.
 
 A ladder is a sorted list of positive numbers in one unit: energy evaluations (``budgets=``,
-``budget_ladder``) or wall seconds of ``fit`` (``budgets_s=``, ``budget_ladder_s``). Each rung
-becomes the cell's whole budget: an energy rung is ``max_energy_evals`` with no time cap (a
-seconds safety net would make a rung's result depend on the machine; the launcher's
-``timeout_min`` still guards a stuck cell), a seconds rung is ``max_seconds`` with no energy cap;
-the profile's ``max_steps`` is kept in both. The command line wins over the profile, for every
+``budget_ladder``), wall seconds of ``fit`` (``budgets_s=``, ``budget_ladder_s``) or the
+sampler's own steps (``budgets_steps=``, ``budget_ladder_steps``: optimiser steps of a learned
+sampler, transitions of MCMC chains; what runners.curve draws). Each rung becomes the cell's
+whole budget: an energy rung is ``max_energy_evals`` with no time cap (a seconds safety net would
+make a rung's result depend on the machine; the launcher's ``timeout_min`` still guards a stuck
+cell), a seconds rung is ``max_seconds`` with no energy cap, the profile's ``max_steps`` kept in
+both; a steps rung is ``max_steps`` alone. The command line wins over the profile, for every
 target; targets without a ladder run their profile budget as before.
 
 Continuation (docs/budgets.md): the cells of one (target, sampler, seed) ladder are dispatched as
@@ -22,9 +24,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-UNITS = {"energy_evals": "max_energy_evals", "seconds": "max_seconds"}
-CLI = {"budgets": "energy_evals", "budgets_s": "seconds"}
-PROFILE = {"budget_ladder": "energy_evals", "budget_ladder_s": "seconds"}
+UNITS = {"energy_evals": "max_energy_evals", "seconds": "max_seconds", "steps": "max_steps"}
+CLI = {"budgets": "energy_evals", "budgets_s": "seconds", "budgets_steps": "steps"}
+PROFILE = {"budget_ladder": "energy_evals", "budget_ladder_s": "seconds",
+           "budget_ladder_steps": "steps"}
+WHAT = {"energy_evals": ("energy evaluations", "[1e5,1e6,1e7]"),
+        "seconds": ("wall seconds of fit", "[30,300]"),
+        "steps": ("sampler steps (optimiser steps or chain transitions)", "[100,1000]")}
+WHOLE = ("energy_evals", "steps")  # units counted in whole numbers
 STATE_FILE = "state.pt"
 
 
@@ -33,10 +40,9 @@ class LadderError(ValueError):
 
 
 def parse_ladder(value: Any, field: str, unit: str) -> list[float]:
-    """``[1e5, 1e6]`` (or one number) -> sorted distinct positive numbers; energy rungs must be
-    whole numbers. Raises LadderError naming ``field``."""
-    what = "energy evaluations" if unit == "energy_evals" else "wall seconds of fit"
-    example = "[1e5,1e6,1e7]" if unit == "energy_evals" else "[30,300]"
+    """``[1e5, 1e6]`` (or one number) -> sorted distinct positive numbers; energy and steps rungs
+    must be whole numbers. Raises LadderError naming ``field``."""
+    what, example = WHAT[unit]
     msg = (f"{field}: got {value!r}; expected a list of positive numbers of {what}, "
            f"such as {field}={example}")
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -49,9 +55,9 @@ def parse_ladder(value: Any, field: str, unit: str) -> list[float]:
                 raise LadderError(msg) from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise LadderError(msg)
-        if unit == "energy_evals":
+        if unit in WHOLE:
             if float(v) != int(v):
-                raise LadderError(f"{msg} (energy evaluations are whole numbers, got {v!r})")
+                raise LadderError(f"{msg} ({what.split(' (')[0]} are whole numbers, got {v!r})")
             v = int(v)
         out.append(v)
     if not out:
@@ -68,8 +74,9 @@ def resolve(cli: dict, profile: dict, where: str, target_names: list[str], budge
     single budget per target (its ``max_steps`` is kept)."""
     given = {k: v for k, v in cli.items() if v is not None}
     if len(given) > 1:
-        raise LadderError("budgets, budgets_s: got both; a grid has one budget axis, either energy "
-                          "evaluations (budgets=) or wall seconds (budgets_s=)")
+        raise LadderError(f"{', '.join(given)}: got {len(given)}; a grid has one budget axis, "
+                          f"either energy evaluations (budgets=), wall seconds (budgets_s=) or "
+                          f"sampler steps (budgets_steps=)")
     prof = {k: profile.get(k) for k in PROFILE if profile.get(k)}
     for key, mapping in prof.items():
         if not isinstance(mapping, dict):
@@ -79,11 +86,13 @@ def resolve(cli: dict, profile: dict, where: str, target_names: list[str], budge
             if t not in valid_targets:
                 raise LadderError(f"profile {where}: {key}.{t}: unknown target; allowed: "
                                   f"{', '.join(valid_targets)}")
-    if len(prof) > 1:
-        both = set(prof["budget_ladder"]) & set(prof["budget_ladder_s"])
-        if both:
-            raise LadderError(f"profile {where}: budget_ladder and budget_ladder_s both set for "
-                              f"{', '.join(sorted(both))}; one unit per target")
+    keys = list(prof)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            both = set(prof[a]) & set(prof[b])
+            if both:
+                raise LadderError(f"profile {where}: {a} and {b} both set for "
+                                  f"{', '.join(sorted(both))}; one unit per target")
     out = {}
     for t in target_names:
         if given:
@@ -97,10 +106,16 @@ def resolve(cli: dict, profile: dict, where: str, target_names: list[str], budge
             field, unit = f"profile {where}: {key}.{t}", PROFILE[key]
         rungs = parse_ladder(value, field, unit)
         steps = (budgets.get(t) or {}).get("max_steps")
-        out[t] = (unit, [{"max_energy_evals": r if unit == "energy_evals" else None,
-                          "max_seconds": float(r) if unit == "seconds" else None,
-                          "max_steps": steps} for r in rungs])
+        out[t] = (unit, [rung_budget(unit, r, steps) for r in rungs])
     return out
+
+
+def rung_budget(unit: str, value: float, profile_steps: int | None = None) -> dict:
+    """The whole budget of one rung: its own cap, plus the profile's ``max_steps`` for energy
+    and seconds rungs (a steps rung has no other cap: steps are the axis)."""
+    return {"max_energy_evals": value if unit == "energy_evals" else None,
+            "max_seconds": float(value) if unit == "seconds" else None,
+            "max_steps": value if unit == "steps" else profile_steps}
 
 
 def rung_value(unit: str, budget: dict) -> float:
@@ -108,9 +123,12 @@ def rung_value(unit: str, budget: dict) -> float:
 
 
 def label(unit: str, value: float) -> str:
-    """A short, file-name-safe rung label for cell keys: ``e1e5``, ``e2.5e6``, ``t30s``."""
+    """A short, file-name-safe rung label for cell keys: ``e1e5``, ``e2.5e6``, ``t30s``,
+    ``st400`` (steps)."""
     if unit == "seconds":
         return f"t{value:g}s".replace("+", "")
+    if unit == "steps":
+        return f"st{int(value)}"
     mant, _, exp = f"{value:.6e}".partition("e")
     mant = mant.rstrip("0").rstrip(".")
     return f"e{mant}e{int(exp)}"
@@ -131,7 +149,8 @@ def columns(spec) -> dict:
     """The budget-axis columns before the cell runs (``continuation`` fills in the last three)."""
     b = spec.budget
     return {"budget_unit": spec.budget_unit, "budget_energy_evals": b.get("max_energy_evals"),
-            "budget_seconds": b.get("max_seconds"), "continued_from": "", "ran_fresh": True,
+            "budget_seconds": b.get("max_seconds"), "budget_steps": b.get("max_steps"),
+            "continued_from": "", "ran_fresh": True,
             "continuation": ""}
 
 

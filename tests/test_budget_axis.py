@@ -76,13 +76,27 @@ def test_seconds_ladder_caps_time_only():
     assert ladder.label("energy_evals", 2.5e6) == "e2.5e6"
 
 
+def test_steps_ladder_caps_steps_only_and_labels_its_cells(tmp_path):
+    g = cfgmod.parse(["targets=dw4", "samplers=pis", "budgets_steps=[40,10,20,20]",
+                      "profile=smoke", f"out={tmp_path}"])
+    unit, rungs = g.ladders["dw4"]
+    assert unit == "steps" and [r["max_steps"] for r in rungs] == [10, 20, 40]
+    assert all(r["max_energy_evals"] is None and r["max_seconds"] is None for r in rungs)
+    specs = gridmod.build_specs(g, "debug")
+    assert [s.key.split("-")[3] for s in specs] == ["st10", "st20", "st40"]
+    assert [s.previous for s in specs] == ["", specs[0].key, specs[1].key]
+
+
 @pytest.mark.parametrize("args, words", [
     (["budgets=[-1]"], ["budgets: got", "-1", "positive numbers of energy evaluations"]),
     (["budgets=[1.5]"], ["budgets:", "whole numbers"]),
     (["budgets=abc"], ["budgets: got 'abc'", "budgets=[1e5,1e6,1e7]"]),
     (["budgets=[]"], ["budgets: got []"]),
     (["budgets_s=[0]"], ["budgets_s: got", "wall seconds"]),
-    (["budgets=[1e5]", "budgets_s=[10]"], ["budgets, budgets_s: got both"]),
+    (["budgets=[1e5]", "budgets_s=[10]"], ["budgets, budgets_s: got 2", "one budget axis"]),
+    (["budgets=[1e5]", "budgets_steps=[10]"], ["budgets, budgets_steps: got 2"]),
+    (["budgets_steps=[2.5]"], ["budgets_steps:", "sampler steps", "whole numbers"]),
+    (["budgets_steps=[0]"], ["budgets_steps: got", "budgets_steps=[100,1000]"]),
 ])
 def test_bad_budgets_name_the_field(args, words):
     with pytest.raises(cfgmod.ConfigError) as err:
@@ -267,3 +281,14 @@ def test_mcmc_reopens_a_warm_up_frozen_by_a_smaller_budget():
 def torch_gen():
     import torch
     return torch.Generator().manual_seed(3)
+
+
+def test_steps_rungs_have_points_but_no_best_sampler():
+    """A step is each sampler's own unit: steps rungs are drawn, never ranked."""
+    df = _synthetic().assign(budget_unit="steps", budget_energy_evals=None,
+                             budget_steps=lambda d: d["energy_evals"])
+    pts = budget_tables.budget_points(df, ["x_w2"])
+    assert sorted(set(pts["budget"])) == [1e3, 1e4] and set(pts["budget_unit"]) == {"steps"}
+    assert budget_tables.best_at_budget(df, ["x_w2"]).empty
+    mixed = pd.concat([_synthetic(), df.assign(target="gmm40")])
+    assert set(budget_tables.best_at_budget(mixed, ["x_w2"])["target"]) == {"dw4"}
