@@ -132,7 +132,8 @@ def to_markdown(best: pd.DataFrame, df: pd.DataFrame | None = None) -> str:
              "and the second with their combined s.e.m. sqrt(sem₁² + sem₂²) ('?': a single "
              "seed, no s.e.m.). The budget caps each sampler's fit; 'spent' is what the cells "
              "spent in all, sampling included (PIS/DDS pay for generation in energy evaluations; "
-             "iDEM and FAB in network evaluations, which have no column: docs/budgets.md).", ""]
+             "iDEM and FAB in network evaluations: results.csv's network_evals, "
+             "docs/budgets.md).", ""]
     for (t, m), g in best.groupby(["target", "metric"], sort=False):
         lines += [f"## {style.target_pretty(t, df)}: {style.metric_label(m)}", "",
                   "| budget | best | mean ± s.e.m. | spent | second | mean ± s.e.m. | spent "

@@ -255,16 +255,19 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     if spec.budget_unit:
         row.update(ladder.continuation(spec, sampler, resumed, source))
     extra = {k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row}
+    nets = _NetworkCount(sampler, (resumed or {}).get("network_evals", 0))
     live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
-                prior_seconds=prior, extra=extra)
+                prior_seconds=prior, extra=extra, nets=nets)
     t0 = time.perf_counter()
     info = sampler.fit(target, budget, torch.Generator().manual_seed(spec.cell_seed))
     row["fit_seconds"] = time.perf_counter() - t0 + prior
     row["fit_seconds_this_cell"] = time.perf_counter() - t0
+    row["fit_network_evals"] = nets.total()
     live.clear()
     # Every rung saves its state, the top one too: a ladder extended later continues from it.
     if spec.budget_unit and hasattr(sampler, "state_dict"):
-        _save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"])
+        _save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"],
+                    {"network_evals": row["fit_network_evals"]})
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
     warnings = health_columns(row, info or {}, spec.budget)
     fit_counts = target.counter.snapshot()
@@ -279,6 +282,8 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     else:
         x = sampler.sample(spec.n_eval, gen)
     row["sample_seconds"] = time.perf_counter() - t0
+    row["network_evals"] = nets.total()
+    row["sample_network_evals"] = row["network_evals"] - row["fit_network_evals"]
     counts = target.counter.snapshot()  # before metrics: metric energies are not the sampler's
     row.update(energy_evals=counts["energy_evals"], grad_evals=counts["grad_evals"],
                sample_energy_evals=counts["energy_evals"] - fit_counts["energy_evals"],
@@ -373,9 +378,27 @@ def save_checkpoint(live: dict) -> bool:
     sampler, target, spec = live.get("sampler"), live.get("target"), live.get("spec")
     if sampler is None or not hasattr(sampler, "state_dict"):
         return False
+    nets = live.get("nets")
     _save_state(spec.dir / CHECKPOINT_FILE, sampler, target,
-                time.perf_counter() - live["t0"] + live["prior_seconds"], live.get("extra"))
+                time.perf_counter() - live["t0"] + live["prior_seconds"],
+                {**(live.get("extra") or {}), "network_evals": nets.total() if nets else 0})
     return True
+
+
+class _NetworkCount:
+    """The sampler's network passes (``network_evals``, samplers/base.py) since this cell built
+    or loaded it, plus what the rung below or a checkpoint had spent; NaN for a sampler that does
+    not count (a plugin)."""
+
+    def __init__(self, sampler, prior: float) -> None:
+        self.sampler, self.prior = sampler, prior
+        self.start = getattr(sampler, "network_evals", None)
+
+    def total(self) -> float:
+        now = getattr(self.sampler, "network_evals", None)
+        if now is None or self.start is None:
+            return math.nan
+        return self.prior + now - self.start
 
 
 def _save_state(path: Path, sampler, target, fit_seconds: float, extra: dict | None = None) -> None:

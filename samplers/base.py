@@ -15,6 +15,12 @@ What ``fit`` returns in its info dict (``runners/cell.py`` copies these into the
 * a sampler that estimates log Z during its fit (SMC) sets the class attribute
   ``gives_log_z = True`` and reports ``"log_z"``, which becomes the row's ``log_z`` column.
 
+Optional instance attribute: ``network_evals`` (int), the configurations the sampler has passed
+through its networks so far, one per configuration per forward pass (:func:`count_network_passes`
+keeps it for a module); the runner records what ``fit`` and sampling add (``fit_network_evals``,
+``sample_network_evals``; docs/budgets.md). Samplers without networks leave it out (the row says 0
+for the built-in MCMC samplers, empty for a plugin that does not count).
+
 Optional class attributes: ``has_importance_weights`` (``log_weights(n, generator) -> (x, log_w)``
 with path-space weights: the row gets ``log_z``, ``elbo_path``, ``ess_path``) and
 ``gives_log_z``; both default to False.
@@ -31,6 +37,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+
+
+def count_network_passes(module: torch.nn.Module, owner) -> torch.nn.Module:
+    """Charge every forward pass of ``module`` (called directly or through
+    ``torch.func.functional_call``) to ``owner.network_evals``: the leading size of its widest
+    tensor argument, i.e. one per configuration. Returns ``module``."""
+    if not hasattr(owner, "network_evals"):
+        owner.network_evals = 0
+
+    def charge(mod, args, output):
+        owner.network_evals += max((a.shape[0] for a in args if torch.is_tensor(a) and a.ndim),
+                                   default=1)
+    module.register_forward_hook(charge)
+    return module
 
 
 class Diverged(RuntimeError):

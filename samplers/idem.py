@@ -59,7 +59,7 @@ import torch
 
 from . import register
 from .allocator import retain_freed_memory
-from .base import Budget, Diverged, below_one_step_warning, check_finite
+from .base import Budget, Diverged, below_one_step_warning, check_finite, count_network_passes
 from .dem.buffer import ReplayBuffer
 from .dem.config import DEMConfig, resolve, validate
 from .dem.estimator import mc_score
@@ -95,6 +95,7 @@ class IDEM:
         validate(cfg, self.name)
         self.config = cfg
         self.target = None
+        self.network_evals = 0  # score-network passes, one per configuration (runner's column)
         self._pending_state: dict | None = None
         self._gen_pair: tuple | None = None
 
@@ -121,8 +122,9 @@ class IDEM:
         self.space = Space(target, c.coord_scale)
         self.schedule = GeometricSchedule(c.sigma_min, c.sigma_max)
         g = self._gen(generator)
-        self.net = build_network(c.network, target.dim, self.space.particles, c.hidden, c.n_layers,
-                                 generator).to(self.device)
+        self.net = count_network_passes(build_network(
+            c.network, target.dim, self.space.particles, c.hidden, c.n_layers, generator
+        ).to(self.device), self)
         self._net_fn = torch.compile(self.net) if c.compile else self.net
         self.opt = adam(list(self.net.parameters()), c.lr)
         self.steps, self.outer, self.history = 0, 0, []

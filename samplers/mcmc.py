@@ -108,6 +108,7 @@ class RWMConfig(MCMCConfig):
 class _MCMCSampler:
     kernel: ClassVar[str]
     has_log_prob: ClassVar[bool] = False
+    network_evals: ClassVar[int] = 0  # no networks: generation costs energy evaluations only
     Config: ClassVar[type] = MCMCConfig
 
     def __init__(self, config=None):

@@ -51,7 +51,8 @@ import torch
 
 from . import register
 from .base import (Budget, Diverged, below_one_step_warning, check_choice, check_device,
-                   check_finite, check_int, check_nonnegative, check_positive, validated)
+                   check_finite, check_int, check_nonnegative, check_positive,
+                   count_network_passes, validated)
 from .nets import NETWORKS, ControlNet, build_control_net
 
 # Per-target reference scale sigma (original units). GMM-40: the prior must cover [-40, 40]^2 (the
@@ -160,6 +161,7 @@ class ControlledSDESampler:
         self.net: ControlNet | None = None
         self.target = None
         self.steps = 0
+        self.network_evals = 0  # control-network passes, one per configuration (runner's column)
         self._pending_state: dict | None = None
 
     # ------------------------------------------------------------------ configuration
@@ -180,8 +182,9 @@ class ControlledSDESampler:
         self.d_eff = self.dim if self.particles is None else self.dim - self.particles[1]
         self.device = torch.device(cfg.device)
         self._build_schedule()
-        self.net = build_control_net(cfg.network, self.dim, cfg.hidden, cfg.n_layers,
-                                     self.particles, generator).to(self.device)
+        self.net = count_network_passes(build_control_net(
+            cfg.network, self.dim, cfg.hidden, cfg.n_layers, self.particles, generator
+        ).to(self.device), self)
 
     # ------------------------------------------------------------------ public API
     def fit(self, target, budget: Budget, generator: torch.Generator) -> dict[str, Any]:

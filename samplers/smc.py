@@ -140,6 +140,7 @@ class SMC:
     pretty_name = "SMC"
     has_log_prob: ClassVar[bool] = False
     gives_log_z: ClassVar[bool] = True   # fit info "log_z" -> the row's log_z column
+    network_evals: ClassVar[int] = 0     # no networks
     Config: ClassVar[type] = SMCConfig
 
     def __init__(self, config: SMCConfig | None = None):
