@@ -62,11 +62,14 @@ from .lock import LockHeld, RunLock
 from .scoring import score
 
 OWN_INT = ("outer", "steps", "every", "batches")
+# every metric column a row can carry: registered, density, path-space and opt-in (nll_cnf)
+METRICS = tuple(dict.fromkeys([*metrics.names(), *metrics.DENSITY_METRICS, *metrics.PATH_METRICS,
+                               *metrics.OPT_IN, "log_z"]))
 SELECT = ("none", "val")
 OUTER_SAMPLERS = ("idem", "pdem")  # samplers with outer iterations (n_inner steps each)
 LADDER_KEYS = tuple(ladder.CLI)
 FIELDS = ["target", "sampler", "seed", "cell_seed", "status", "reason", "budget_unit", "rung",
-          "outer", "batch", "steps", "energy_evals", "fit_energy_evals", "grad_evals",
+          "outer", "batch", "steps", "energy_evals", "fit_energy_evals", "grad_evals", "network_evals",
           "train_seconds", "sample_seconds", "eval_seconds", "mean_loss", "ran_fresh",
           "continuation", "val_x_w2", "cell_key", "code_version", "config"]
 
@@ -200,20 +203,21 @@ def _points(spec: CellSpec, row: dict, extra: list[dict], val_w2: float) -> list
             "budget_unit": spec.budget_unit, "rung": spec.rung,
             "outer": outer, "steps": info.get("steps", ""),
             "energy_evals": row.get("energy_evals"), "fit_energy_evals": row.get("fit_energy_evals"),
-            "grad_evals": row.get("grad_evals"), "train_seconds": row.get("fit_seconds"),
+            "grad_evals": row.get("grad_evals"), "network_evals": row.get("network_evals"),
+            "train_seconds": row.get("fit_seconds"),
             "sample_seconds": row.get("sample_seconds"), "eval_seconds": round(eval_s, 3),
             "mean_loss": info.get("final_loss", ""), "ran_fresh": row.get("ran_fresh"),
             "continuation": row.get("continuation", ""),
             "val_x_w2": "" if math.isnan(val_w2) else val_w2, "cell_key": spec.key,
             "code_version": row.get("code_version", ""),
             "config": json.dumps(rows.jsonable(spec.sampler_config), sort_keys=True)}
-    scored = [{m: row[m] for m in metrics.names() if m in row}] if row["status"] == "ok" else [{}]
+    scored = [{m: row[m] for m in METRICS if m in row}] if row["status"] == "ok" else [{}]
     return [{**base, "batch": b, **s} for b, s in enumerate(scored + extra)]
 
 
 def _write_csv(path: Path, points: list[dict]) -> None:
     import pandas as pd
-    cols = FIELDS + [m for m in metrics.names() if any(m in p for p in points)]
+    cols = FIELDS + [m for m in METRICS if any(m in p for p in points)]
     rows.write_text(path, pd.DataFrame(points, columns=cols).to_csv(index=False))
 
 
@@ -268,7 +272,7 @@ def _run_ladder(specs, grid, own, val_ref, out: Path) -> Path:
                     "steps": new[0]["steps"], "val_x_w2": val_w2,
                     "energy_evals": new[0]["energy_evals"], "cell_key": spec.key,
                     "criterion": "min x_w2 vs the val split (official val/2-Wasserstein)",
-                    "test": {m: _mean(new, m) for m in metrics.names() if m in new[0]}}
+                    "test": {m: _mean(new, m) for m in METRICS if m in new[0]}}
             rows.write_bytes(out / "state_selected.pt",
                              _sampler_state(spec.dir / ladder.STATE_FILE))
         shown = ", ".join(f"{m} {_mean(new, m):.4g}" for m in ("x_w2", "x_w2_aligned",
