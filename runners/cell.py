@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import signal
@@ -44,9 +43,10 @@ import samplers
 import targets
 from samplers.allocator import retain_freed_memory
 from . import cnf as cnf_metric, ladder, rows, scoring
+from .cell_state import (CHECKPOINT_FILE, NetworkCount, resume as _resume,  # noqa: F401
+                         save_checkpoint, save_state)
 from .config import build_sampler_config, load_plugins
 
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def stable_int(*parts: Any) -> int:
@@ -255,7 +255,7 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     if spec.budget_unit:
         row.update(ladder.continuation(spec, sampler, resumed, source))
     extra = {k: row[k] for k in ("continued_from", "ran_fresh", "continuation") if k in row}
-    nets = _NetworkCount(sampler, (resumed or {}).get("network_evals", 0))
+    nets = NetworkCount(sampler, (resumed or {}).get("network_evals", 0))
     live.update(sampler=sampler, target=target, spec=spec, t0=time.perf_counter(),
                 prior_seconds=prior, extra=extra, nets=nets)
     t0 = time.perf_counter()
@@ -266,7 +266,7 @@ def _run(spec: CellSpec, row: dict, live: dict) -> None:
     live.clear()
     # Every rung saves its state, the top one too: a ladder extended later continues from it.
     if spec.budget_unit and hasattr(sampler, "state_dict"):
-        _save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"],
+        save_state(spec.dir / ladder.STATE_FILE, sampler, target, row["fit_seconds"],
                     {"network_evals": row["fit_network_evals"]})
     row["fit_info"] = json.dumps(rows.jsonable(info or {}), sort_keys=True)
     warnings = health_columns(row, info or {}, spec.budget)
@@ -369,69 +369,6 @@ def _check_samples(x, spec: CellSpec, target) -> torch.Tensor:
     x = x.detach().to("cpu", torch.float32)
     samplers.check_finite(x, f"{spec.sampler} samples")
     return x
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(live: dict) -> bool:
-    """Save the running sampler's ``state_dict`` with the spending so far (called from the
-    preemption handler). Returns whether a checkpoint was written."""
-    sampler, target, spec = live.get("sampler"), live.get("target"), live.get("spec")
-    if sampler is None or not hasattr(sampler, "state_dict"):
-        return False
-    nets = live.get("nets")
-    _save_state(spec.dir / CHECKPOINT_FILE, sampler, target,
-                time.perf_counter() - live["t0"] + live["prior_seconds"],
-                {**(live.get("extra") or {}), "network_evals": nets.total() if nets else 0})
-    return True
-
-
-class _NetworkCount:
-    """The sampler's network passes (``network_evals``, samplers/base.py) since this cell built
-    or loaded it, plus what the rung below or a checkpoint had spent; NaN for a sampler that does
-    not count (a plugin)."""
-
-    def __init__(self, sampler, prior: float) -> None:
-        self.sampler, self.prior = sampler, prior
-        self.start = getattr(sampler, "network_evals", None)
-
-    def total(self) -> float:
-        now = getattr(self.sampler, "network_evals", None)
-        if now is None or self.start is None:
-            return math.nan
-        return self.prior + now - self.start
-
-
-def _save_state(path: Path, sampler, target, fit_seconds: float, extra: dict | None = None) -> None:
-    """The sampler's ``state_dict`` with the spending so far (a checkpoint, or a rung's state)."""
-    buf = io.BytesIO()
-    torch.save({"state": sampler.state_dict(), **target.counter.snapshot(),
-                "fit_seconds": fit_seconds, **(extra or {})}, buf)
-    rows.write_bytes(path, buf.getvalue())
-
-
-def _resume(spec: CellSpec, sampler, target) -> tuple[samplers.Budget, dict | None, str]:
-    """The budget for ``fit`` and where the sampler's state came from: ``"checkpoint"`` (this
-    cell was preempted), ``"previous"`` (the rung below's saved state) or ``""`` (a fresh fit,
-    the full budget). After a load the budget is the remainder (energy and time caps minus what
-    was spent); step caps are the sampler's own (counted in its state)."""
-    source, path = "", None
-    if hasattr(sampler, "load_state_dict"):
-        if (spec.dir / CHECKPOINT_FILE).is_file():
-            source, path = "checkpoint", spec.dir / CHECKPOINT_FILE
-        elif spec.previous:
-            below = rows.cell_dir(spec.out, spec.previous) / ladder.STATE_FILE
-            source, path = ("previous", below) if below.is_file() else ("", None)
-    if path is None:
-        return samplers.Budget(**spec.budget), None, ""
-    ckpt = torch.load(path, weights_only=False)
-    sampler.load_state_dict(ckpt["state"])
-    target.counter.energy_evals, target.counter.grad_evals = ckpt["energy_evals"], ckpt["grad_evals"]
-    b = ladder.remaining(spec.budget, ckpt["energy_evals"], ckpt["fit_seconds"])
-    if any(v is not None and v <= 0 for v in b.values()):
-        # Nothing remains: fit still runs, with a budget that is spent at once, so a sampler
-        # that applies its loaded state when it sees the target finishes setting up.
-        return samplers.Budget(max_energy_evals=1, max_seconds=1e-6), ckpt, source
-    return samplers.Budget(**b), ckpt, source
 
 
 def spec_asdict(spec: CellSpec) -> dict:
