@@ -2,10 +2,8 @@
 
 Locally, ``workers`` long-lived jobs share the cell list through claim files; on SLURM, cells
 are packed into a job array (``slurm.cells_per_job`` per task). A list of cells is run by
-:class:`CellBatch`, a ``submitit.helpers.Checkpointable``: when SLURM (or the local
-controller) signals a timeout or preemption, ``checkpoint`` saves the running sampler's state if
-it has ``state_dict`` and resubmits the same batch; on restart, cells whose row is already
-finished are skipped and the interrupted one resumes from its checkpoint (or restarts cleanly).
+:class:`CellBatch` (runners/cell_batch.py), which checkpoints and requeues on a timeout or
+preemption; the executors are set up in runners/executors.py.
 
 The grid process watches the jobs, prints progress, and writes the row of any cell whose job
 died without writing one (``timeout`` when the job hit its wall limit, ``error`` otherwise, with
@@ -18,30 +16,27 @@ submitit's controller and worker, which would print tracebacks), and signalling 
 the worker too: submitit's worker ignores SIGTERM ("Bypassing signal SIGTERM") and its controller
 only forwards it. A killed cell leaves no row (rows are replaced atomically) and reruns next
 time. SLURM jobs are left running.
+
+This module is the dispatch loop (:func:`dispatch`), the progress line and the rows of dead
+jobs; the local processes are stopped by runners/local_procs.py.
 """
 from __future__ import annotations
 
-import functools
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import types
 import uuid
 from pathlib import Path
 
-import submitit
-import submitit.local.local as submitit_local
-from submitit.core.utils import DelayedSubmission
-
 from . import rows
-from .cell import CellSpec, base_row, run_cell, save_checkpoint
-from .lock import pid_alive
+from .cell import CellSpec, base_row
+# CellBatch, batches, make_executor and resolve_launcher stay importable from here.
+from .cell_batch import CellBatch, batches
+from .executors import make_executor, resolve_launcher  # noqa: F401
+from .local_procs import stop_local
 
 POLL_S = 0.5
-CONTROLLER_MODULE = "submitit.local._local"  # what a local job's controller process runs
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,162 +46,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signum)
         self.signum, self.detail = int(signum), ""
-
-
-class CellBatch(submitit.helpers.Checkpointable):
-    """Runs a list of cells one after another; checkpointable for requeue.
-
-    With ``claim`` set (local workers) several CellBatch jobs share one list: each cell is run by
-    the worker that first creates its claim file ``.claim-<claim>`` (``O_EXCL``, atomic), so
-    ``workers`` long-lived processes drain the grid without importing torch once per cell. A
-    worker stops taking cells when the grid process ``parent_pid`` is gone (SIGKILL). The rungs
-    of a budget ladder share one claim (``CellSpec.claim_dir``, the first rung's folder): the
-    worker that takes it runs every rung, in order, so each rung finds the one below finished.
-    """
-
-    def __init__(self, claim: str | None = None, parent_pid: int | None = None) -> None:
-        self.claim, self.parent_pid = claim, parent_pid
-        self._live: dict = {}
-        self._mine: set = set()  # claim folders this worker holds
-
-    def __call__(self, specs: list[CellSpec]) -> list[dict]:
-        out = []
-        for spec in specs:
-            row = rows.read_row(spec.dir)
-            if row is not None and row["status"] in rows.FINISHED and self.claim is None:
-                out.append(row)  # done before a requeue
-                continue
-            if self.claim is not None:
-                if not _alive(self.parent_pid):
-                    break
-                if spec.claim_dir not in self._mine:
-                    if not self._take(spec):
-                        continue
-                    self._mine.add(spec.claim_dir)
-            out.append(run_cell(spec, live=self._live))
-        return out
-
-    def _take(self, spec: CellSpec) -> bool:
-        spec.claim_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(spec.claim_dir / f".claim-{self.claim}",
-                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # umask applies, as for every results file
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:  # which worker (and its log) took the cell
-            try:
-                f.write(str(submitit.JobEnvironment().paths.stderr))
-            except Exception:  # noqa: BLE001 - outside a submitit job
-                f.write("")
-        return True
-
-    def checkpoint(self, specs: list[CellSpec]) -> DelayedSubmission:
-        try:
-            save_checkpoint(self._live)
-        except Exception as exc:  # noqa: BLE001 - a failed save must not block the requeue
-            print(f"[cell] checkpoint not saved: {exc}", file=sys.stderr)
-        return DelayedSubmission(CellBatch(self.claim, self.parent_pid), specs)
-
-    def __getstate__(self) -> dict:
-        return {"claim": self.claim, "parent_pid": self.parent_pid, "_live": {},  # no live sampler
-                "_mine": set()}
-
-
-def _alive(pid: int | None) -> bool:
-    return True if pid is None else pid_alive(pid)
-
-
-def resolve_launcher(name: str) -> str:
-    """``auto`` -> slurm where ``srun``/``sbatch`` are on the PATH and the controller answers
-    ``scontrol ping`` (installed SLURM clients without a reachable cluster are common on
-    laptops), local elsewhere."""
-    if name != "auto":
-        return name
-    if not (shutil.which("srun") and shutil.which("sbatch") and shutil.which("scontrol")):
-        return "local"
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "local"
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        print("[grid] note: SLURM commands found but no controller answers; running locally",
-              file=sys.stderr)
-        return "local"
-    return "slurm"
-
-
-def make_executor(launcher: str, folder: Path, cfg, n_cells: int = 1) -> submitit.Executor:
-    if launcher == "slurm":
-        s = cfg.slurm
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
-                                   slurm_max_num_timeout=s.max_num_timeout)
-        params = dict(timeout_min=int(s.timeout_min), mem_gb=s.mem_gb, cpus_per_task=s.cpus_per_task,
-                      gpus_per_node=s.gpus_per_node or None, name="boltzbench",
-                      slurm_array_parallelism=s.array_parallelism,
-                      slurm_signal_delay_s=s.signal_delay_s)
-        if s.partition:
-            params["slurm_partition"] = s.partition
-        if s.setup:
-            params["slurm_setup"] = list(s.setup)
-        ex.update_parameters(**params)
-        return ex
-    if launcher == "local":
-        # No requeue locally (max_num_timeout=0): a timeout there is a runaway, not a preemption.
-        # Cells time themselves out (CellSpec.timeout_s); the job limit is a safety net for a
-        # worker that may run every cell.
-        ex = SessionLocalExecutor(folder=folder, max_num_timeout=0)
-        ex.update_parameters(timeout_min=float(cfg.timeout_min) * n_cells + 1,
-                             signal_delay_s=30, **_local_gpus())
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster=launcher)
-    return ex
-
-
-class SessionLocalExecutor(submitit.LocalExecutor):
-    """submitit's LocalExecutor, with each job's controller (and so its worker) started in a
-    session and process group of its own (``start_new_session``): a Ctrl-C at the terminal then
-    reaches only the grid, which stops the workers itself (:func:`_stop_local`), and
-    ``killpg(job_id)`` reaches the controller, the worker and anything the worker started."""
-
-    def _submit_command(self, command: str):
-        real = submitit_local.subprocess
-        submitit_local.subprocess = types.SimpleNamespace(
-            Popen=functools.partial(subprocess.Popen, start_new_session=True))
-        try:
-            return super()._submit_command(command)
-        finally:
-            submitit_local.subprocess = real
-
-
-def _local_gpus() -> dict:
-    """GPUs for local cells. submitit's local executor sets CUDA_VISIBLE_DEVICES to its
-    ``gpus_per_node`` first devices (none by default), so pass every GPU this process sees; each
-    concurrent cell may use them (a sampler's ``device`` config chooses)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        try:
-            ids = [int(v) for v in env.split(",") if v.strip()]
-        except ValueError:  # GPU UUIDs: submitit only takes indices
-            print("[grid] note: CUDA_VISIBLE_DEVICES holds non-integer ids; local cells get no GPU",
-                  file=sys.stderr)
-            return {}
-        return {"gpus_per_node": len(ids), "visible_gpus": ids} if ids else {}
-    import torch
-    n = torch.cuda.device_count()
-    return {"gpus_per_node": n} if n else {}
-
-
-def batches(specs: list[CellSpec], size: int) -> list[list[CellSpec]]:
-    """Packs of up to ``size`` cells; the rungs of one budget ladder (consecutive in ``specs``)
-    always share a pack, which then may hold more than ``size`` cells."""
-    packs: list[list[CellSpec]] = []
-    for spec in specs:
-        same_ladder = bool(spec.group) and bool(packs) and packs[-1][-1].group == spec.group
-        if packs and (same_ladder or len(packs[-1]) < size):
-            packs[-1].append(spec)
-        else:
-            packs.append([spec])
-    return packs
 
 
 class Progress:
@@ -309,7 +148,7 @@ def dispatch(specs: list[CellSpec], cfg, launcher: str, out: Path, progress: Pro
         # next time); SLURM jobs are left to finish and are collected by a later run.
         stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         if launcher == "local":
-            n = _stop_local([job for job, _ in jobs])
+            n = stop_local([job for job, _ in jobs])
             stop.detail = f"stopped {n} local worker(s), their running cells wrote no row"
         elif launcher == "slurm" and jobs:
             stop.detail = (f"{len(jobs)} SLURM job(s) keep running (re-run the command later "
@@ -355,89 +194,6 @@ def _fresh_row(spec: CellSpec, t0: float) -> dict | None:
 
 def _claimed(spec: CellSpec, tag: str) -> bool:
     return (spec.claim_dir / f".claim-{tag}").is_file()
-
-
-def _stop_local(jobs: list) -> int:
-    """SIGKILL every local job of this grid: each controller (its pid is the job id) with its
-    process group, i.e. its worker and whatever that started. Returns how many were stopped.
-
-    Not SIGTERM: submitit's worker ignores it ("Bypassing signal SIGTERM") and its controller
-    only forwards it, so the cell would run to its end and write its row; not SIGINT (submitit's
-    ``cancel``): background processes of a non-interactive shell ignore it. SIGKILL is safe for
-    the results: a cell replaces its files atomically, so it leaves its row or none. Controllers
-    this process started but has no job for yet (a signal during ``submit``) are found as its
-    children in /proc.
-    """
-    procs = {int(job.job_id): getattr(job, "_process", None) for job in jobs
-             if str(job.job_id).isdigit()}
-    for pid in _child_controllers():
-        procs.setdefault(pid, None)
-    stopped = 0
-    for pid, proc in list(procs.items()):
-        if proc is not None and proc.poll() is not None:
-            del procs[pid]  # exited and reaped: its pid may belong to someone else now
-            continue
-        try:
-            if os.getpgid(pid) == pid:  # its own group (SessionLocalExecutor): one call
-                os.killpg(pid, signal.SIGKILL)
-            else:  # never killpg a group that may be ours; kill the tree instead
-                _kill_tree(pid)
-            stopped += 1
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid, proc in procs.items():  # reap the controllers (their workers go to init)
-        try:
-            if proc is not None:
-                proc.wait(timeout=5)
-            else:
-                os.waitpid(pid, 0)
-        except (ChildProcessError, subprocess.TimeoutExpired, OSError):
-            pass
-    return stopped
-
-
-def _proc_children(pid: int) -> list[int]:
-    """The children of ``pid`` from /proc (empty where there is no /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _child_controllers() -> list[int]:
-    """This process's children that run a submitit local controller."""
-    pids = []
-    for pid in _proc_children(os.getpid()):
-        try:
-            if CONTROLLER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            pass
-    return pids
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants, each stopped (SIGSTOP) before its children are
-    listed so that none starts another meanwhile."""
-    todo, seen = [pid], []
-    while todo:
-        p = todo.pop()
-        try:
-            os.kill(p, signal.SIGSTOP)
-        except ProcessLookupError:
-            continue
-        seen.append(p)
-        todo.extend(_proc_children(p))
-    for p in seen:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _workers(cfg) -> int:

@@ -1,6 +1,6 @@
 """Pure MCMC kernels for many chains in parallel (blackjax style: state + step functions).
 
-Stable public names (other modules, e.g. ``runners/make_reference.py``, rely on them):
+Stable public names (other modules, e.g. ``runners/reference_chains.py``, rely on them):
 
 * ``State(x [C, D], energy [C], grad [C, D])`` and ``init(x, energy_and_grad) -> State``
 * ``rwm_step(state, energy_and_grad, step_size, generator, project=None) -> (State, accepted [C])``

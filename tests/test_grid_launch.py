@@ -150,7 +150,7 @@ def test_slurm_launcher_without_slurm_exits_2(tmp_path, capsys, monkeypatch, tes
 
 def test_local_cells_see_the_gpus_of_the_grid_process(monkeypatch):
     """submitit's local executor would hide every GPU (CUDA_VISIBLE_DEVICES="") by default."""
-    from runners.launch import _local_gpus
+    from runners.executors import _local_gpus
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _local_gpus() == {"gpus_per_node": 2, "visible_gpus": [2, 3]}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
