@@ -4,50 +4,51 @@ A normalising flow q is trained to minimise the alpha = 2 divergence D_2(p || q)
 is estimated with annealed importance sampling (AIS) that *targets p^2 / q*: the region where q
 underestimates p. FAB with the prioritised replay buffer (the paper's Algorithm 2):
 
-1. x_0 ~ q, K intermediate densities pi_k ∝ q^(1 - b_k) (p^2/q)^(b_k), b linear in (0, 1], one
-   HMC transition (``n_leapfrog`` leapfrog steps) per intermediate; AIS log-weights
-   log w = Σ_k (b_k - b_(k-1)) [2 log p̃(x_(k-1)) - 2 log q(x_(k-1))].
-2. The AIS samples enter a FIFO buffer with log w and log q_old(x).
-3. ``n_updates_per_ais`` gradient steps, each on a batch drawn from the buffer with probability ∝ w,
-   loss = -mean w_adjust · log q_θ(x) with w_adjust = (q_old(x) / q_θ(x))^(α-1), detached and
-   clipped at ``w_adjust_clip`` = 10 (fab-torch's prioritised-buffer loss, α = 2): the buffer's
-   weights were computed under the flow q_old that was current when the point was stored or last
-   drawn, and w_adjust turns them into weights for p^2/q_θ, so the stale part of the buffer does not
-   bias the gradient. Afterwards the drawn points' weights are corrected for the change of q
-   (target p^2/q): log w += log q_old(x) - log q_new(x), log q_old <- log q_new.
-   ``buffer_correction=False`` gives the uncorrected loss -mean log q(x) of earlier versions of this
-   suite, for comparison only.
+1. x_0 ~ q, K intermediate densities pi_k ∝ q^(1 - 2b_k) p̃^(2b_k), b linear in (0, 1], one
+   transition per intermediate (``transition``): ``"hmc"`` (default), one HMC move of
+   ``n_leapfrog`` leapfrog steps with a dual-averaged step size; or ``"metropolis"``, fab-torch's
+   random-walk Metropolis (samplers/fab_ais.py), ``n_metropolis`` steps of std ``metropolis_step``
+   (data units), no gradient. AIS log-weights log w = Σ_k (b_k - b_(k-1)) 2 [log p̃ - log q] at
+   x_(k-1).
+2. The AIS samples enter a FIFO buffer with log w and log q_old(x); ``n_updates_per_ais`` gradient
+   steps follow on batches drawn from it ∝ w (``buffer_sampling``, samplers/fab_buffer.py; default
+   as fab-torch: all of a round's batches at once, without replacement), loss = -mean w_adjust ·
+   log q_θ(x), w_adjust = (q_old(x) / q_θ(x))^(α-1) detached and clipped at ``w_adjust_clip``
+   (fab-torch's prioritised-buffer loss, α = 2): the weights were computed under the flow q_old
+   current when the point was stored or last drawn, and w_adjust makes them weights for p^2/q_θ,
+   so the stale part of the buffer does not bias the gradient. The drawn points are then re-weighted for the change of q: log w += (1 - α)(log q_new
+   - log q_old), log q_old <- log q_new, with log q_new the value computed for the loss, before the
+   optimiser step, as fab-torch (``buffer_adjust="before_step"``), or recomputed after it
+   (``"after_step"``, earlier versions here). ``buffer_correction=False`` gives the uncorrected
+   loss -mean log q(x), for comparison only.
+3. lr constant or warm-up + cosine as the se3 configs (``lr_schedule``), a function of the step
+   count (a continued fit stays on it); ``dtype`` float32/float64 (samples returned as float32).
 
-Flows (``flow``). ``"realnvp"`` (default; the non-equivariant option): a RealNVP (affine
-couplings, zero-initialised so it starts as its base N(0, sigma^2)); on particle targets it lives
-on an orthonormal (Helmert) basis of the mean-free subspace, so ``log_prob`` is a density on that
-(N-1)·D-dimensional subspace, the convention of ``metrics.density`` (NLL, log Z, ESS from the flow
-alone). Plain MLP conditioners, no equivariance. ``"se3_aug"`` (particle targets): the
-E(3)-equivariant augmented coupling flow of Midgley et al. 2023 (samplers/se3_flow.py) as their
-FAB runs it: AIS, HMC, buffer and loss act on the joint state (x, a) with the flow's exact joint
-log q(x, a) and the target p̃(x) pi(a|x), pi = N(x, aug_scale^2) (same Z); its coordinates are u =
-[x in the Helmert basis, a] in data units (sigma is the flow's base scale, step_size is in data
-units). ``log_prob(x)`` is the marginal estimate log mean_k q(x, a_k)/pi(a_k|x) over
-``n_aug_samples`` draws a_k ~ pi (fixed draws per call), so NLL/log Z/ESS use a marginal density.
-Step sizes: one per intermediate, adapted by dual averaging (samplers/kernels.py) to acceptance
-0.65 (FAB's target) throughout training, since the intermediate targets move with q.
+Flows (``flow``). ``"realnvp"`` (default; non-equivariant): a zero-initialised RealNVP (it starts as
+its base N(0, sigma^2)), on particle targets on an orthonormal (Helmert) basis of the mean-free
+subspace, so ``log_prob`` is a density on that (N-1)·D-dimensional subspace (``metrics.density``'s
+convention). ``"se3_aug"`` (particle targets): the E(3)-equivariant augmented coupling flow of
+Midgley et al. 2023 (samplers/se3_flow.py) as their FAB runs it: AIS, buffer and loss act on the
+joint state u = [x in the Helmert basis, a] in data units (sigma is the base scale; step sizes are
+in data units) with the exact joint log q(x, a) and the target p̃(x) pi(a|x), pi = N(x,
+aug_scale^2) (same Z); ``log_prob(x)`` is the marginal estimate log mean_k q(x, a_k)/pi(a_k|x) over
+``n_aug_samples`` fixed draws a_k ~ pi. HMC step sizes: one per intermediate, dual-averaged
+(samplers/kernels.py) to acceptance 0.65 throughout training, as the intermediates move with q.
 
-Cost per AIS round: n_ais · (1 + K · n_leapfrog) energy(+gradient) evaluations, charged through
-``target.energy_and_grad``; training steps and ``sample`` / ``log_prob`` cost none.
+Cost per AIS round: n_ais · (1 + K · n_leapfrog) energy+gradient evaluations (HMC) or
+n_ais · (1 + K · n_metropolis) energy evaluations (Metropolis), charged through the target;
+training steps and ``sample`` / ``log_prob`` cost none.
 
-Budget: a *step* (``Budget.max_steps``, and ``max_iters``) is one gradient step of the flow. An AIS
-round runs only if its whole cost fits the energy cap; every cap is checked before every AIS round,
-the step and time caps before every gradient step (gradient steps cost no energy, so the round
-that spent the last evaluations still trains on its samples). No gradient step happens until the buffer holds ``buffer_min``
-points (about ``buffer_min / batch_size`` AIS rounds), so a budget that ends before that leaves
-the untrained flow (its base N(0, sigma^2 I)) and says so in ``info["warnings"]``.
-Hyperparameters: lr 1e-4, batch 128, grad-norm clip 100, buffer 12800 / 1280, 4 updates per AIS
-batch and w_adjust clip 10 as fab-torch's GMM config (experiments/config/gmm.yaml). The rest is
-ours, not fab-torch's: fab-torch's GMM run uses one intermediate distribution with Metropolis steps
-(step 5.0, float64); we use K = 2 intermediates with HMC (5 leapfrog steps, dual-averaged step
-size), float32, and a 10-layer RealNVP of width 128, because HMC transitions are the
-gradient-informed AIS kernel fab-torch uses for its other targets and one cost formula then serves
-every target. The paper profile labels these settings "ours".
+Budget: a *step* (``Budget.max_steps``, ``max_iters``) is one gradient step. An AIS round runs only
+if its whole cost fits the energy cap; the caps are checked before every round, the step and time
+caps before every gradient step (steps cost no energy: the round that spent the last evaluations
+still trains on its samples). No step happens before the buffer holds ``buffer_min`` points; a
+budget that ends sooner leaves the untrained flow (base N(0, sigma^2 I)), said in ``warnings``.
+Defaults: lr 1e-4, batch 128, grad-norm clip 100, buffer 12800 / 1280, 4 updates per round as
+fab-torch's experiments/config/gmm.yaml; w_adjust clip 10 as their trainer's and the se3 configs'
+default (gmm.yaml sets none). Ours, not their GMM run: K = 2 HMC intermediates (5 leapfrog steps,
+dual-averaged), float32, a RealNVP of 10 x 128, so one gradient-informed kernel and cost formula
+serve every target; their run (1 Metropolis intermediate, step 5.0, float64) is paper.yaml's gmm40.
 """
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import kernels, register
+from . import fab_ais, fab_buffer, kernels, register
 from .base import Budget, below_one_step_warning, check_finite, validated
-from .fab_config import FLOWS, FABConfig, buffer_loss  # noqa: F401 (re-exported)
+from .fab_config import FLOWS, FABConfig, buffer_loss, warmup_cosine_lr  # noqa: F401 (re-exported)
 from .pis import SIGMA_DEFAULTS, _target_name
 from .realnvp import Coupling, RealNVP, helmert_basis  # noqa: F401 (re-exported)
 from .se3_flow import AugmentedCouplingFlow, FlatAugmentedFlow, joint_log_p_and_grad
@@ -88,16 +89,18 @@ class FAB:
     @classmethod
     def tiny_config(cls, target) -> FABConfig:
         return FABConfig(sigma=SIGMA_DEFAULTS.get(_target_name(target), 1.0), n_layers=2,
-                         hidden=16, batch_size=32, buffer_min=64, buffer_size=256,
+                         hidden=16, batch_size=32, buffer_min=128, buffer_size=256,
                          n_leapfrog=2, max_iters=8, sample_batch=256)
 
     # ------------------------------------------------------------------ coordinates
     def _bind(self, target, generator):
         cfg = self.config
         self.target, self.device = target, torch.device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
         self.sigma = float(cfg.sigma if cfg.sigma is not None else SIGMA_DEFAULTS.get(target.name, 1.0))
         particles = getattr(target, "n_particles", None) is not None
-        self.basis = (helmert_basis(target.n_particles, target.spatial_dim).to(self.device)
+        self.basis = (helmert_basis(target.n_particles, target.spatial_dim).to(self.device,
+                                                                              self.dtype)
                       if particles else None)
         self.aug = cfg.flow == "se3_aug"
         if self.aug:
@@ -110,7 +113,7 @@ class FAB:
                 target.n_particles, target.spatial_dim, generator, n_aug=cfg.n_aug,
                 n_layers=cfg.n_layers, hidden=cfg.hidden, n_blocks=cfg.egnn_blocks,
                 n_features=cfg.egnn_features, sigma=self.sigma, aug_scale=cfg.aug_scale),
-                self.basis).to(self.device)
+                self.basis).to(self.device, self.dtype)
             self.d_eff = self.flow.dim
             return
         self.d_eff = self.basis.shape[1] if particles else target.dim
@@ -123,7 +126,7 @@ class FAB:
                     b = 1 / math.sqrt(m.in_features)
                     nn.init.uniform_(m.weight, -b, b, generator=generator)
                     nn.init.uniform_(m.bias, -b, b, generator=generator)
-        self.flow.to(self.device)
+        self.flow.to(self.device, self.dtype)
 
     def _to_x(self, u):   # flow space -> original flat coordinates
         if self.aug:
@@ -147,6 +150,18 @@ class FAB:
         g_u = -self.sigma * (g if self.basis is None else g @ self.basis)
         return -e.to(u) + self.d_eff * math.log(self.sigma), g_u
 
+    def _log_p_and_q(self, u):
+        """(log p̃, log q) ``[n]`` in u-space without gradients (Metropolis); the energy is charged
+        to the target, one evaluation per row."""
+        with torch.no_grad():
+            if self.aug:
+                x, a = self.flow.split(u)
+                lp = -self.target.energy(x.reshape(x.shape[0], -1)).to(u) \
+                    + self.flow.flow.aux_log_prob(a, x)
+            else:
+                lp = -self.target.energy(self._to_x(u)).to(u) + self.d_eff * math.log(self.sigma)
+            return lp, self._log_q_u(u)
+
     # ------------------------------------------------------------------ AIS
     def _log_q_and_grad(self, u):
         with torch.enable_grad():
@@ -162,15 +177,30 @@ class FAB:
         betas = torch.linspace(0, 1, cfg.n_intermediate + 2)[1:].tolist()
         with torch.no_grad():
             u, _ = self.flow.sample(n, generator, self.device)
-        log_q, grad_q = self._log_q_and_grad(u)
-        log_p, grad_p = self._log_p_u(u)
-        log_w = torch.zeros(n, device=self.device)
+        metropolis = cfg.transition == "metropolis"
+        if metropolis:
+            log_p, log_q = self._log_p_and_q(u)
+        else:
+            log_q, grad_q = self._log_q_and_grad(u)
+            log_p, grad_p = self._log_p_u(u)
+        log_w = torch.zeros(n, device=self.device, dtype=self.dtype)
         b_prev = 0.0
         for k, b in enumerate(betas):
             log_w = log_w + (b - b_prev) * 2 * (log_p - log_q)
             b_prev = b
             if k == len(betas) - 1:
                 break
+            if metropolis:
+                # rw_steps are in data units; u is x / sigma for the RealNVP, data units for se3_aug
+                scale = 1.0 if self.aug else self.sigma
+                u, log_p, log_q, acc, prob = fab_ais.metropolis_transition(
+                    u, log_p, log_q, b, self._log_p_and_q, [s / scale for s in self.rw_steps[k]],
+                    generator)
+                self.accept[k] = sum(acc) / len(acc)
+                if cfg.metropolis_adapt:
+                    self.rw_steps[k] = [fab_ais.adapt_step(s, p, cfg.target_accept)
+                                        for s, p in zip(self.rw_steps[k], prob)]
+                continue
             last = {}
 
             def energy_and_grad(v, b=b, last=last):
@@ -209,11 +239,14 @@ class FAB:
         self.adapters = [kernels.Adapter(cfg.step_size, cfg.target_accept)
                          for _ in range(cfg.n_intermediate)]
         self.step_sizes = [cfg.step_size] * cfg.n_intermediate
+        self.rw_steps = [[cfg.metropolis_step] * cfg.n_metropolis
+                         for _ in range(cfg.n_intermediate)]
         self.accept = [float("nan")] * cfg.n_intermediate
-        buf_u = torch.empty(0, self.d_eff, device=self.device)
-        buf_lw = torch.empty(0, device=self.device)
-        buf_lq = torch.empty(0, device=self.device)
-        cost = cfg.batch_size * (1 + cfg.n_intermediate * cfg.n_leapfrog)
+        buf_u = torch.empty(0, self.d_eff, device=self.device, dtype=self.dtype)
+        buf_lw = torch.empty(0, device=self.device, dtype=self.dtype)
+        buf_lq = torch.empty(0, device=self.device, dtype=self.dtype)
+        moves = cfg.n_metropolis if cfg.transition == "metropolis" else cfg.n_leapfrog
+        cost = cfg.batch_size * (1 + cfg.n_intermediate * moves)
         steps, rounds, last = 0, 0, {}
         if self._pending_state is not None:   # continue a saved fit (runners/ladder.py, cell.py)
             (buf_u, buf_lw, buf_lq), steps, rounds, last = self._restore(
@@ -227,13 +260,14 @@ class FAB:
             keep = torch.isfinite(log_w)
             with torch.no_grad():
                 lq = self._log_q_u(u[keep])
-            buf_u = torch.cat([buf_u, u[keep]])[-cfg.buffer_size:]
-            buf_lw = torch.cat([buf_lw, log_w[keep]])[-cfg.buffer_size:]
-            buf_lq = torch.cat([buf_lq, lq])[-cfg.buffer_size:]
+            buf_u, buf_lw, buf_lq = fab_buffer.append((buf_u, buf_lw, buf_lq),
+                                                      (u[keep], log_w[keep], lq), cfg.buffer_size)
             last["ais_log_z2"] = float(torch.logsumexp(log_w.double(), 0) - math.log(len(log_w)))
             if buf_u.shape[0] < cfg.buffer_min:
                 continue
-            for _ in range(cfg.n_updates_per_ais):
+            batches = (None if cfg.buffer_sampling == "per_step" else fab_buffer.draw_round(
+                buf_lw, cfg.n_updates_per_ais, cfg.batch_size, cfg.buffer_sampling, generator))
+            for j in range(cfg.n_updates_per_ais):
                 if cfg.max_iters is not None and steps >= cfg.max_iters:
                     break
                 # Gradient steps cost no energy: a round whose AIS spent the last evaluations
@@ -244,9 +278,10 @@ class FAB:
                     clock.exhausted(steps)
                     done = True
                     break
-                idx = torch.multinomial(torch.softmax(buf_lw.double(), 0).float().cpu(),
-                                        cfg.batch_size, replacement=True,
-                                        generator=generator).to(self.device)
+                idx = (fab_buffer.categorical(buf_lw, cfg.batch_size, generator)
+                       if batches is None else batches[j]).to(self.device)
+                for group in opt.param_groups:   # a function of the step count: continues as is
+                    group["lr"] = cfg.lr_at(steps)
                 log_q = self._log_q_u(buf_u[idx])
                 loss = (buffer_loss(log_q, buf_lq[idx], alpha=2.0, clip=cfg.w_adjust_clip)
                         if cfg.buffer_correction else -log_q.mean())
@@ -258,10 +293,12 @@ class FAB:
                 opt.step()
                 steps += 1
                 with torch.no_grad():  # q changed: re-weight the drawn points for p^2/q
-                    lq_new = self._log_q_u(buf_u[idx])
-                    buf_lw[idx] = buf_lw[idx] + buf_lq[idx] - lq_new
-                    buf_lq[idx] = lq_new
+                    lq_new = (log_q.detach() if cfg.buffer_adjust == "before_step"
+                              else self._log_q_u(buf_u[idx]))
+                    buf_lw[idx], buf_lq[idx] = fab_buffer.reweight(buf_lw[idx], buf_lq[idx],
+                                                                   lq_new)
                 last["loss"] = float(loss.detach())
+                last["lr"] = cfg.lr_at(steps - 1)
         self._train = {"opt": opt, "buffer": (buf_u, buf_lw, buf_lq), "steps": steps,
                        "rounds": rounds, "last": dict(last), "generator": generator.get_state()}
         warnings = []
@@ -278,8 +315,10 @@ class FAB:
         return {"steps": steps, "ais_rounds": rounds, "sigma": self.sigma, "flow": cfg.flow,
                 "budget_binding": clock.binding, "warnings": warnings,
                 "buffer": int(buf_u.shape[0]), "energy_evals": clock.energy_evals,
-                "seconds": clock.seconds, "hmc_step_sizes": list(self.step_sizes),
-                "hmc_accept": list(self.accept), **{f"train_{k}": v for k, v in last.items()}}
+                "seconds": clock.seconds, "transition": cfg.transition,
+                "hmc_step_sizes": list(self.step_sizes),
+                "metropolis_steps": [list(s) for s in self.rw_steps],
+                "ais_accept": list(self.accept), **{f"train_{k}": v for k, v in last.items()}}
 
     # ------------------------------------------------------------------ continuation
     def state_dict(self) -> dict[str, Any]:
@@ -295,6 +334,7 @@ class FAB:
                 "buffer": tuple(b.cpu() for b in t["buffer"]), "steps": t["steps"],
                 "rounds": t["rounds"], "last": t["last"], "generator": t["generator"],
                 "adapters": [a.state for a in self.adapters], "step_sizes": list(self.step_sizes),
+                "rw_steps": [list(s) for s in self.rw_steps], "dtype": self.config.dtype,
                 "accept": list(self.accept), "eval_seed": getattr(self, "_eval_seed", None)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -318,11 +358,13 @@ class FAB:
         for adapter, da in zip(self.adapters, state["adapters"]):
             adapter.state = da
         self.step_sizes, self.accept = list(state["step_sizes"]), list(state["accept"])
+        # (states saved before the Metropolis option have no rw_steps: keep the initial ones)
+        self.rw_steps = [list(s) for s in state.get("rw_steps", self.rw_steps)]
         self._eval_seed = state["eval_seed"]
         # after _bind drew the (overwritten) initial flow: the stream goes on where the saved fit
         # stopped, so the continued fit draws what one longer fit would have drawn
         generator.set_state(state["generator"])
-        buffer = tuple(b.to(self.device) for b in state["buffer"])
+        buffer = tuple(b.to(self.device, self.dtype) for b in state["buffer"])
         return buffer, state["steps"], state["rounds"], dict(state["last"])
 
     @torch.no_grad()
@@ -351,8 +393,8 @@ class FAB:
                              f"got {tuple(x.shape)}")
         if self.aug:   # marginal estimate, the same draws of a at every call
             g = torch.Generator(device=self.device).manual_seed(self._eval_seed)
-            xp = x.to(self.device, torch.float32).reshape(x.shape[0], self.target.n_particles,
+            xp = x.to(self.device, self.dtype).reshape(x.shape[0], self.target.n_particles,
                                                           self.target.spatial_dim)
             return self.flow.flow.log_prob(xp, self.config.n_aug_samples, g).cpu()
-        u = self._to_u(x.to(self.device, torch.float32))
+        u = self._to_u(x.to(self.device, self.dtype))
         return (self._log_q_u(u) - self.d_eff * math.log(self.sigma)).cpu()

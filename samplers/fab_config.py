@@ -1,15 +1,26 @@
 """FAB's configuration and its prioritised-buffer loss (samplers/fab.py has the sampler)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .base import check_device, check_int, check_positive, check_range
+from .base import (check_bool, check_choice, check_device, check_int, check_positive,
+                   check_range)
+from .fab_buffer import SAMPLING
 
 # "realnvp": the non-equivariant RealNVP on Helmert coordinates (any target); "se3_aug": the
 # E(3)-equivariant augmented coupling flow of Midgley et al. 2023 (particle targets only).
 FLOWS = ("realnvp", "se3_aug")
+# "before_step": the drawn points are re-weighted with the log q computed for the loss, before the
+# optimiser step (fab-torch PrioritisedBufferTrainer.run with its default
+# w_adjust_in_buffer_after_update=False; se3-augmented-coupling-flows fab_train_with_buffer.step);
+# "after_step": with log q recomputed after the step (one more flow pass; earlier versions here).
+ADJUST = ("before_step", "after_step")
+TRANSITIONS = ("hmc", "metropolis")
+DTYPES = ("float32", "float64")
+LR_SCHEDULES = ("constant", "warmup_cosine")
 
 
 @dataclass
@@ -40,6 +51,30 @@ class FABConfig:
     n_aug_samples: int = 20           # draws of a for the marginal log q(x) estimate
     egnn_blocks: int = 3
     egnn_features: int = 128
+    # Buffer use (samplers/fab_buffer.py). Defaults as fab-torch's PrioritisedReplayBuffer
+    # (sample_with_replacement=False) and PrioritisedBufferTrainer (adjust before the step).
+    buffer_sampling: str = "no_replacement"
+    buffer_adjust: str = "before_step"
+    # AIS transition. "hmc": n_leapfrog steps from step_size (units of sigma), dual-averaged;
+    # "metropolis": fab-torch's Metropolis (sampling_methods/transition_operators/metropolis.py):
+    # n_metropolis random-walk steps of std metropolis_step in data units per intermediate,
+    # no gradient; metropolis_adapt: its rule (x / ÷ 1.05 per step towards target_accept), off
+    # as their experiments/config/gmm.yaml (tune_step_size: false, init_step_size 5.0, 1 step).
+    transition: str = "hmc"
+    n_metropolis: int = 1
+    metropolis_step: float = 5.0
+    metropolis_adapt: bool = False
+    dtype: str = "float32"            # flow, AIS and buffer; fab-torch's GMM run uses float64
+    # lr: constant, or "warmup_cosine" as se3-augmented-coupling-flows' optimizer config
+    # (default_lr_schedule.yaml; eacf/utils/optimize.py get_optimizer, optax's
+    # warmup_cosine_decay_schedule): linear from lr_init to lr (the peak) over lr_warmup_steps
+    # gradient steps, then cosine to lr_end at lr_decay_steps (counted from step 0, warm-up
+    # included; None: max_iters); theirs 2e-5 -> 2e-4 -> 2e-5, warm-up 30 AIS rounds x 8 = 240.
+    lr_schedule: str = "constant"
+    lr_init: float = 2e-5
+    lr_end: float = 2e-5
+    lr_warmup_steps: int = 240
+    lr_decay_steps: int | None = None
 
     def validate(self) -> None:
         """Raise ValueError (message starts with the field name) for any value out of range."""
@@ -67,6 +102,53 @@ class FABConfig:
             raise ValueError(f"buffer_min: got {self.buffer_min}; expected <= buffer_size="
                              f"{self.buffer_size}")
         check_device("device", self.device)
+        check_choice("buffer_sampling", self.buffer_sampling, SAMPLING)
+        check_choice("buffer_adjust", self.buffer_adjust, ADJUST)
+        round_draws = self.n_updates_per_ais * self.batch_size
+        if self.buffer_sampling == "no_replacement" and self.buffer_min < round_draws:
+            # fab-jax asserts the same (batch_size * n_batches <= min_length_to_sample)
+            raise ValueError(
+                f"buffer_min: got {self.buffer_min}; buffer_sampling=no_replacement draws "
+                f"n_updates_per_ais x batch_size = {round_draws} distinct points per round, so "
+                f"buffer_min must be >= {round_draws}; raise it or use "
+                f"buffer_sampling=with_replacement")
+        check_choice("transition", self.transition, TRANSITIONS)
+        check_int("n_metropolis", self.n_metropolis)
+        check_positive("metropolis_step", self.metropolis_step)
+        check_bool("metropolis_adapt", self.metropolis_adapt)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_positive("lr_init", self.lr_init)
+        check_positive("lr_end", self.lr_end)
+        check_int("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
+        check_int("lr_decay_steps", self.lr_decay_steps, optional=True)
+        if self.lr_schedule == "warmup_cosine":
+            total = self.lr_decay_steps if self.lr_decay_steps is not None else self.max_iters
+            if total is None:
+                raise ValueError("lr_decay_steps: got None with max_iters None; "
+                                 "lr_schedule=warmup_cosine needs the schedule's length")
+            if total <= self.lr_warmup_steps:
+                raise ValueError(f"lr_decay_steps: got {total} (max_iters if None); expected > "
+                                 f"lr_warmup_steps={self.lr_warmup_steps}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of gradient step ``step`` (0-based)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        total = self.lr_decay_steps if self.lr_decay_steps is not None else self.max_iters
+        return warmup_cosine_lr(step, self.lr_init, self.lr, self.lr_end, self.lr_warmup_steps,
+                                total)
+
+
+def warmup_cosine_lr(step: int, init: float, peak: float, end: float, warmup: int,
+                     total: int) -> float:
+    """Linear from ``init`` at step 0 to ``peak`` at ``warmup``, then half a cosine from ``peak`` to
+    ``end`` at ``total`` (warm-up included), ``end`` afterwards: the schedule optax's
+    ``warmup_cosine_decay_schedule`` defines, evaluated at the optimiser's step count."""
+    if step < warmup:
+        return init + (peak - init) * step / warmup
+    t = min(step - warmup, total - warmup) / (total - warmup)
+    return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def buffer_loss(log_q: torch.Tensor, log_q_old: torch.Tensor, alpha: float = 2.0,

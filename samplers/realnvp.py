@@ -69,7 +69,8 @@ class RealNVP(nn.Module):
         return -0.5 * e.pow(2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def sample(self, n: int, generator: torch.Generator, device="cpu"):
-        e = torch.randn(n, self.dim, generator=generator).to(device)
+        # drawn in float32 and then cast, so a float64 flow sees the float32 flow's stream
+        e = torch.randn(n, self.dim, generator=generator).to(device, self.layers[0].mask.dtype)
         log_q, u = self._base_log_prob(e), e
         for layer in self.layers:
             u, ld = layer(u)

@@ -238,7 +238,7 @@ class FlatAugmentedFlow(nn.Module):
         return torch.cat([xc @ self.basis, a.reshape(a.shape[0], -1)], 1)
 
     def sample(self, n: int, generator: torch.Generator, device="cpu"):
-        x, a, log_q = self.flow.sample_joint(n, generator, device)
+        x, a, log_q = self.flow.sample_joint(n, generator, device, self.basis.dtype)
         return self.join(x, a), log_q
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:

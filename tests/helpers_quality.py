@@ -97,6 +97,7 @@ SLOW_SETUPS = {
             Budget(max_steps=200)),
     "dds": ({"sigma": 1.5, "n_steps": 30, "batch_size": 128, "hidden": 32, "lr": 3e-3},
             Budget(max_steps=200)),
+    # buffer_min 512 = 4 updates x 128: a round's batches are distinct points (no_replacement)
     "fab": ({"sigma": 1.5, "n_layers": 4, "hidden": 32, "lr": 1e-3, "buffer_size": 2048,
-             "buffer_min": 256}, Budget(max_steps=800)),
+             "buffer_min": 512}, Budget(max_steps=800)),
 }

@@ -22,7 +22,7 @@ TINY = {
     "pis": ["pis.batch_size=8", "pis.n_steps=6", "pis.hidden=8", "pis.sample_batch=64"],
     "smc": ["smc.n_chains=16"],
     # 16 x (1 + 2 x 2) = 80 evaluations per AIS round: both rungs end on a round boundary
-    "fab": ["fab.batch_size=16", "fab.n_layers=2", "fab.hidden=8", "fab.buffer_min=32",
+    "fab": ["fab.batch_size=16", "fab.n_layers=2", "fab.hidden=8", "fab.buffer_min=64",
             "fab.buffer_size=128", "fab.n_leapfrog=2", "fab.sample_batch=64"],
     "idem": ["idem.batch_size=16", "idem.n_mc=8", "idem.n_inner=5", "idem.hidden=16",
              "idem.n_layers=1", "idem.n_init=64", "idem.buffer_min=64", "idem.n_generate=32",
@@ -134,18 +134,31 @@ def test_profile_ladder_per_target_and_cli_wins(tmp_path):
 
 
 # ------------------------------------------------------------------------------ continuation
-@pytest.mark.parametrize("sampler, budgets", [
-    ("mala", "[2000,4000]"),
-    ("fab", "[800,2000]"),
-    pytest.param("pis", "[600,1500]", marks=pytest.mark.slow),  # ~3 s: the first PIS fit warms up
+# FAB as fab-torch's GMM run and the se3 configs' lr schedule: Metropolis (16 x (1 + 2 x 2) = 80
+# evaluations per round again), float64, and warm-up + cosine whose warm-up ends in the lower rung
+# (24 steps there) and whose decay runs on in the continued one: the schedule position continues.
+FAB_AUTHORS = ["fab.transition=metropolis", "fab.n_metropolis=2", "fab.metropolis_step=2.0",
+               "fab.metropolis_adapt=true", "fab.dtype=float64", "fab.lr_schedule=warmup_cosine",
+               "fab.lr=1e-3", "fab.lr_warmup_steps=10", "fab.lr_decay_steps=80"]
+
+
+@pytest.mark.parametrize("sampler, budgets, extra", [
+    ("mala", "[2000,4000]", ()),
+    ("fab", "[800,2000]", ()),
+    ("fab", "[800,2000]", FAB_AUTHORS),
+    # ~3 s: the first PIS fit warms up
+    pytest.param("pis", "[600,1500]", (), marks=pytest.mark.slow),
     # 3000 = 23 steps of 128: the budget cuts the 5th outer iteration after 3 of its 5 steps
-    pytest.param("idem", "[3000,9000]", marks=pytest.mark.slow),
+    pytest.param("idem", "[3000,9000]", (), marks=pytest.mark.slow),
 ])
-def test_continued_rung_equals_a_fresh_fit_of_its_budget_bit_for_bit(tmp_path, sampler, budgets):
-    """MALA with a warm-up capped below both rungs (max_warmup_steps), FAB, PIS and iDEM: the rung that
+def test_continued_rung_equals_a_fresh_fit_of_its_budget_bit_for_bit(tmp_path, sampler, budgets,
+                                                                       extra):
+    """MALA with a warm-up capped below both rungs (max_warmup_steps), FAB (also as its authors
+    ran it: Metropolis, float64, warm-up + cosine lr), PIS and iDEM: the rung that
     continues from the one below spends only the difference and lands on the same samples,
     evaluations and metrics as one fresh fit of the larger budget."""
-    specs = gridmod.build_specs(_grid(tmp_path, sampler, budgets, *TINY[sampler]), "debug")
+    specs = gridmod.build_specs(_grid(tmp_path, sampler, budgets, *TINY[sampler], *extra),
+                                "debug")
     low, high = [run_cell(s) for s in specs]
     assert (specs[0].dir / ladder.STATE_FILE).is_file() and low["ran_fresh"] is True
     assert high["ran_fresh"] is False and high["continued_from"] == specs[0].rung

@@ -24,7 +24,9 @@ def _normal_log_pdf(x, mean, std):
 
 
 def _expected_gradient(mu, mu_old, correction, n=400_000, draws=400_000, seed=0):
-    """The gradient of the loss on a batch drawn from the buffer ∝ w, as fab.fit draws it."""
+    """The gradient of the loss on a batch drawn from the buffer ∝ w with replacement
+    (fab.fit's buffer_sampling=with_replacement; its default draws without, which is close to it
+    when a round is small against the buffer, samplers/fab_buffer.py)."""
     g = torch.Generator().manual_seed(seed)
     x = 2.0 * torch.randn(n, generator=g, dtype=torch.float64)
     log_w = 2 * _normal_log_pdf(x, 0.0, 1.0) - _normal_log_pdf(x, mu_old, 1.0) \

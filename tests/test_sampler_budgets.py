@@ -305,7 +305,8 @@ STEP_COSTS = {
     "fab": (0, 32 * (1 + 2 * 2)),                          # one AIS round: 32 x (1 + K=2 x L=2)
     "idem": (0, 32 * 8), "pdem": (0, 32 * 8),              # B x K
 }
-FAB_ROUNDS_BEFORE_STEPS = 2  # buffer_min 64 = 2 AIS rounds of 32 before the first gradient step
+FAB_ROUNDS_BEFORE_STEPS = 4  # buffer_min 128 = 4 AIS rounds of 32 before the first gradient step
+# (tiny_config: 4 updates x 32 distinct draws per round need 128 points, buffer_sampling default)
 
 
 def _fit_with(name, target_name, budget, **overrides):
@@ -343,10 +344,11 @@ def test_budget_one_evaluation_short_of_a_step_warns_naming_the_cap(name):
 
 
 def test_fab_buffer_filling_without_a_gradient_step_warns():
-    # One AIS round fits, the second (needed to reach buffer_min) does not: no gradient step.
+    # One AIS round fits, the second (of the 4 needed to reach buffer_min) does not: no step.
     info, _ = _fit_with("fab", "gmm40", Budget(max_energy_evals=2 * STEP_COSTS["fab"][1] - 1))
     assert info["ais_rounds"] == 1 and info["steps"] == 0
-    assert any("untrained flow" in w and "buffer_min=64" in w for w in info["warnings"])
+    assert any("untrained flow" in w and "buffer_min=128" in w and "~4 AIS rounds" in w
+               for w in info["warnings"]), info["warnings"]
 
 
 @pytest.mark.parametrize("name,field,value", [("pis", "max_iters", 2), ("dds", "max_iters", 2),
