@@ -85,6 +85,7 @@ class FAB:
         self.flow: RealNVP | None = None
         self._pending_state: dict | None = None   # a state_dict loaded before fit
         self._train: dict | None = None           # optimiser, buffer, counts after fit
+        self.network_evals = 0  # flow passes (all couplings), one per configuration
 
     @classmethod
     def tiny_config(cls, target) -> FABConfig:
@@ -139,7 +140,12 @@ class FAB:
         return y / self.sigma
 
     def _log_q_u(self, u):
+        self.network_evals += u.shape[0]
         return self.flow.log_prob(u)
+
+    def _flow_sample(self, n: int, generator):
+        self.network_evals += n
+        return self.flow.sample(n, generator, self.device)
 
     def _log_p_u(self, u):
         """(log p̃ in u-space [n], its gradient [n, d_eff]); charged to the target."""
@@ -176,7 +182,7 @@ class FAB:
         cfg = self.config
         betas = torch.linspace(0, 1, cfg.n_intermediate + 2)[1:].tolist()
         with torch.no_grad():
-            u, _ = self.flow.sample(n, generator, self.device)
+            u, _ = self._flow_sample(n, generator)
         metropolis = cfg.transition == "metropolis"
         if metropolis:
             log_p, log_q = self._log_p_and_q(u)
@@ -376,7 +382,7 @@ class FAB:
             raise ValueError(f"fab: n must be a positive int, got {n!r}")
         out = []
         for start in range(0, n, self.config.sample_batch):
-            u, _ = self.flow.sample(min(self.config.sample_batch, n - start), generator, self.device)
+            u, _ = self._flow_sample(min(self.config.sample_batch, n - start), generator)
             x = self._to_x(u)
             check_finite(x, "fab: samples")
             out.append(x.float().cpu())

@@ -42,3 +42,18 @@ def test_continued_rungs_count_network_evals_cumulatively(tmp_path, sampler, arg
     ladder = sorted(rows.iter_rows(tmp_path), key=lambda r: r["budget_steps"])
     assert [r["ran_fresh"] for r in ladder] == [True, False]
     assert [r["fit_network_evals"] for r in ladder] == [2 * per_step, 3 * per_step]
+
+
+def test_fab_counts_one_flow_pass_per_configuration(tmp_path):
+    """Per AIS round of B: the flow draw, log q at the start, log q at each of K x L leapfrog
+    positions, log q of the points pushed to the buffer; per gradient step B buffer points."""
+    got = _rows(tmp_path, "samplers=fab", "fab.n_layers=2", "fab.hidden=8", "fab.batch_size=16",
+                "fab.buffer_min=64", "fab.buffer_size=128", "fab.max_iters=8",
+                "fab.n_intermediate=2", "fab.n_leapfrog=3")["fab"]
+    assert got["status"] == "ok", got["reason"]
+    import json
+    info = json.loads(got["fit_info"])
+    rounds, steps = info["ais_rounds"], info["steps"]
+    assert (rounds, steps) == (5, 8)  # round 4 fills the buffer to 64: rounds 4 and 5 train 4 each
+    assert got["fit_network_evals"] == rounds * 16 * (1 + 1 + 2 * 3 + 1) + steps * 16
+    assert got["sample_network_evals"] == 64  # one flow pass per scored sample
