@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from samplers.smc import combine, next_beta
+from targets.base import Target
 
 
 def _energies(x):
@@ -71,3 +72,106 @@ def test_next_beta_lands_on_the_target_conditional_ess(seed):
 def test_next_beta_jumps_to_one_when_the_whole_step_keeps_enough_ess():
     de = torch.full((64,), 1e-3, dtype=torch.float64)
     assert next_beta(0.2, torch.zeros(64), de, 0.5) == 1.0
+
+
+# ----------------------------------------------------------------------------- config and errors
+class Flat(Target):
+    """E = ``level`` everywhere on R^2 (inf: no configuration is allowed)."""
+
+    name, pretty_name = "flat", "Flat"
+
+    def __init__(self, level=0.0):
+        super().__init__(dim=2, params={})
+        self.level = level
+
+    def _energy(self, x):
+        return torch.full(x.shape[:-1], self.level, dtype=x.dtype)
+
+    def _energy_and_grad(self, x):
+        return self._energy(x), torch.zeros_like(x)
+
+
+# The messages follow samplers/base.py's contract "<field>: got <value>; expected/allowed ...",
+# which names the field a user must fix and what it may be (house style, habit 12).
+POSITIVE_INT, OPEN_UNIT = "expected a positive integer", "expected a number in (0, 1)"
+DEFAULT = " (or None for the default)"
+BAD = [
+    ("n_chains", 0, POSITIVE_INT), ("steps_per_temp", 0, POSITIVE_INT),
+    ("max_temps", 1.5, POSITIVE_INT), ("thinning", 0, POSITIVE_INT),
+    ("pool_size", True, POSITIVE_INT), ("n_fixed_temps", 0, POSITIVE_INT),
+    ("kernel", "hmc", "allowed: mala, rwm"), ("schedule", "geometric", "allowed: adaptive, fixed"),
+    ("cess_fraction", 1.0, OPEN_UNIT), ("cess_fraction", 0.0, OPEN_UNIT),
+    ("resample_threshold", 1.0, OPEN_UNIT), ("resample_threshold", 0.0, OPEN_UNIT),
+    ("step_size", 0.0, "expected a finite number > 0" + DEFAULT),
+    ("prior_scale", -1.0, "expected a finite number > 0" + DEFAULT),
+    ("target_accept", 1.0, OPEN_UNIT + DEFAULT), ("target_accept", 0.0, OPEN_UNIT + DEFAULT),
+    ("adapt", 1, "expected true or false"), ("continue_mcmc", "no", "expected true or false"),
+    ("device", "gpu0", "expected a torch device string: cpu, or cuda (cuda:N) on a machine "
+                       "with a GPU"),
+]
+
+
+@pytest.mark.parametrize("field, value, expected", BAD)
+def test_config_errors_name_the_field_the_value_and_what_is_allowed(field, value, expected):
+    from samplers.smc import SMC, SMCConfig
+    with pytest.raises(ValueError) as err:
+        SMC(SMCConfig(**{field: value}))
+    assert str(err.value) == f"smc.{field}: got {value!r}; {expected}"
+
+
+def test_config_accepts_values_just_inside_every_bound():
+    from samplers.smc import SMCConfig
+    for v in (1e-6, 1 - 1e-6):
+        SMCConfig(cess_fraction=v, resample_threshold=v, target_accept=v).validate()
+    SMCConfig(n_chains=1, steps_per_temp=1, max_temps=1, thinning=1, pool_size=1, n_fixed_temps=1,
+              step_size=1e-9, prior_scale=1e-9, kernel="rwm", schedule="fixed", adapt=False,
+              continue_mcmc=False).validate()
+
+
+def test_fit_and_sample_refuse_wrong_arguments_with_their_reason():
+    from samplers import Budget, Diverged
+    from samplers.smc import SMC, SMCConfig
+    with pytest.raises(TypeError, match="^smc: config must be a SMCConfig, got dict$"):
+        SMC({"n_chains": 4})
+    s = SMC(SMCConfig(n_chains=8))
+    with pytest.raises(RuntimeError, match="^smc.sample: call fit first$"):
+        s.sample(3, torch.Generator())
+    with pytest.raises(TypeError, match="^smc.fit: budget must be a Budget, got int$"):
+        s.fit(Flat(), 10, torch.Generator())
+    with pytest.raises(TypeError, match="^smc.fit: generator must be a torch.Generator, got int$"):
+        s.fit(Flat(), Budget(max_steps=3), 0)
+    with pytest.raises(ValueError, match=r"^smc: budget max_energy_evals=7 is below one evaluation "
+                                         r"of n_chains=8 particles; lower n_chains$"):
+        s.fit(Flat(), Budget(max_energy_evals=7), torch.Generator())
+    with pytest.raises(Diverged, match="NaN or all infinite"):   # all infinite, none NaN
+        s.fit(Flat(math.inf), Budget(max_steps=3), torch.Generator())
+    s.fit(Flat(), Budget(max_steps=3), torch.Generator().manual_seed(0))
+    for n in (0, 2.0):
+        with pytest.raises(ValueError, match=f"^smc.sample: n must be a positive int, got {n!r}$"):
+            s.sample(n, torch.Generator())
+
+
+def test_sample_draws_pool_rows_without_replacement_up_to_the_pool_size():
+    from samplers import Budget
+    from samplers.smc import SMC, SMCConfig
+    s = SMC(SMCConfig(n_chains=8, thinning=1, steps_per_temp=1))
+    info = s.fit(Flat(), Budget(max_steps=6), torch.Generator().manual_seed(0))
+    pool = s.pool
+    m = pool.shape[0]
+    assert m == 8 * (1 + info["mcmc_steps"]) > 8   # the final population, then every MCMC state
+    for n in (5, m):    # a permutation of distinct rows: torch.randperm's first n
+        x = s.sample(n, torch.Generator().manual_seed(1))
+        assert x.dtype == torch.float32 and x.shape == (n, 2)
+        idx = torch.randperm(m, generator=torch.Generator().manual_seed(1))[:n]
+        assert torch.equal(x, pool[idx])
+    x = s.sample(m + 1, torch.Generator().manual_seed(1))    # more than the pool: with replacement
+    idx = torch.randint(m, (m + 1,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, pool[idx])
+
+
+def test_tiny_config_uses_rwm_moves_on_lj55_only():
+    import targets
+    from samplers.smc import SMC
+    assert SMC.tiny_config(targets.get("lj55")).kernel == "rwm"
+    assert SMC.tiny_config(targets.get("lj13")).kernel == "mala"
+    assert SMC.tiny_config(None).kernel == "mala"
