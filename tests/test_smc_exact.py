@@ -143,7 +143,8 @@ def test_fit_and_sample_refuse_wrong_arguments_with_their_reason():
     with pytest.raises(ValueError, match=r"^smc: budget max_energy_evals=7 is below one evaluation "
                                          r"of n_chains=8 particles; lower n_chains$"):
         s.fit(Flat(), Budget(max_energy_evals=7), torch.Generator())
-    with pytest.raises(Diverged, match="NaN or all infinite"):   # all infinite, none NaN
+    with pytest.raises(Diverged, match="^smc: target energies of the prior draws are NaN or all "
+                                       "infinite$"):   # all infinite, none NaN
         s.fit(Flat(math.inf), Budget(max_steps=3), torch.Generator())
     s.fit(Flat(), Budget(max_steps=3), torch.Generator().manual_seed(0))
     for n in (0, 2.0):
@@ -175,3 +176,61 @@ def test_tiny_config_uses_rwm_moves_on_lj55_only():
     assert SMC.tiny_config(targets.get("lj55")).kernel == "rwm"
     assert SMC.tiny_config(targets.get("lj13")).kernel == "mala"
     assert SMC.tiny_config(None).kernel == "mala"
+
+
+def test_next_beta_always_moves_forward():
+    """When even the smallest step drops the CESS below target, next_beta still returns β + 1e-12
+    (a schedule that returned β would stall until max_temps)."""
+    de = torch.tensor([0.0, 1e20, 1e20, 1e20], dtype=torch.float64)
+    b = next_beta(0.3, torch.zeros(4), de, 0.99)
+    ulp = math.ulp(0.3)   # the smallest step above 0.3 already has CESS 1/4
+    assert _cess(0.3 + ulp, 0.3, np.zeros(4), de.numpy()) < 0.99 and b > 0.3
+
+
+def test_defaults_and_the_per_target_default_step():
+    import targets
+    from samplers import Budget
+    from samplers.mcmc import STEP_DEFAULTS
+    from samplers.smc import SMC, SMCConfig
+    assert SMC().config == SMCConfig()
+    info = SMC(SMCConfig(n_chains=8, adapt=False, steps_per_temp=1)).fit(
+        targets.get("gmm40"), Budget(max_steps=2), torch.Generator().manual_seed(0))
+    assert info["step_size"] == STEP_DEFAULTS["mala"]["gmm40"] == 0.5
+
+
+def test_max_steps_counts_every_move_in_tempering_and_after():
+    from samplers import Budget
+    from samplers.smc import SMC, SMCConfig
+    for spt in (3, 4):   # the cap falls inside a temperature's moves, then in the MCMC phase
+        t = Flat()
+        info = SMC(SMCConfig(n_chains=8, steps_per_temp=spt)).fit(
+            t, Budget(max_steps=5), torch.Generator().manual_seed(0))
+        assert info["steps"] == info["smc_steps"] + info["mcmc_steps"] == 5
+        assert t.counter.energy_evals == info["energy_evals"] == 8 * 6
+
+
+def test_budget_below_one_move_warns_once_and_reports_no_acceptance():
+    from samplers import Budget
+    from samplers.smc import SMC, SMCConfig
+    s = SMC(SMCConfig(n_chains=8))
+    info = s.fit(Flat(), Budget(max_energy_evals=8 + 7), torch.Generator().manual_seed(0))
+    assert info["steps"] == 0 and info["smc_acceptance_last"] is None
+    assert math.isnan(info["acceptance_mean"]) and math.isnan(info["acceptance_min"])
+    assert len(info["warnings"]) == 1
+    assert info["warnings"][0].startswith(
+        "budget below one SMC move: the samples are prior draws importance-resampled to the "
+        "target in one jump (no move ran) (one SMC move costs ~8 energy evaluations; budget "
+        "max_energy_evals=15, 8 evaluations and ")
+    assert s.sample(8, torch.Generator()).shape == (8, 2)
+
+
+def test_frozen_chains_are_a_warning():
+    from samplers import Budget
+    from samplers.smc import SMC, SMCConfig
+    cfg = SMCConfig(n_chains=8, kernel="rwm", step_size=1e6, adapt=False, prior_scale=0.1)
+    info = SMC(cfg).fit(Flat(), Budget(max_steps=20), torch.Generator().manual_seed(0))
+    # every proposal lands ~1e6 away, where the tempered prior N(0, 0.1^2) rejects it; the 20
+    # steps all fall in the first temperature's moves (steps_per_temp 20)
+    assert info["acceptance_mean"] < 0.01
+    assert any(w.startswith(f"acceptance {info['acceptance_mean']:.3g} below 1 %: the chains are "
+                            "frozen") for w in info["warnings"])

@@ -40,6 +40,19 @@ class Tilted(Target):
         return self._energy(x), (x - self.m.to(x)) / self.v.to(x)
 
 
+class Walled(Tilted):
+    """Tilted with E = inf for x_0 > 2.5 (a hard wall inside the prior's reach)."""
+
+    name = "walled"
+
+    def _energy(self, x):
+        return torch.where(x[..., 0] > 2.5, math.inf, super()._energy(x))
+
+    def _energy_and_grad(self, x):
+        e, g = super()._energy_and_grad(x)
+        return torch.where(x[..., 0] > 2.5, math.inf, e), g
+
+
 class Particles(Target):
     """3 particles in 2-D, E = ½ |x - x̄ - a|² / s² on the mean-free subspace (a mean-free)."""
 
@@ -163,10 +176,18 @@ CASES = {
                                steps_per_temp=1, cess_fraction=0.9, max_temps=3,
                                prior_scale=3.0, thinning=2), 9),
     # a schedule cut by the energy budget, on a particle target (mean-free moves)
+    # (fixed h: adapted over 8 moves it grows until the MCMC phase accepts nothing)
     "budget-particles": (Particles, dict(kernel="mala", step_size=0.1, target_accept=0.574,
-                                         steps_per_temp=4, cess_fraction=0.95,
+                                         steps_per_temp=4, cess_fraction=0.95, adapt=False,
                                          prior_scale=2.0, thinning=1), 10),
+    # a target with a wall: prior draws beyond it have E = inf and must get weight 0
+    "walled": (Walled, dict(kernel="mala", step_size=0.2, target_accept=0.574,
+                            steps_per_temp=2, cess_fraction=0.7, prior_scale=3.0), 20),
 }
+KEYS = {"log_z", "n_temps", "schedule_truncated", "smc_steps", "steps", "mcmc_steps",
+        "smc_acceptance_last", "mcmc_acceptance", "min_ess_fraction", "step_size", "kernel",
+        "prior", "n_chains", "pool_size", "pool_note", "final_energy_mean", "energy_evals",
+        "seconds", "acceptance_mean", "acceptance_min", "budget_binding", "warnings"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -201,18 +222,23 @@ def test_fit_matches_the_transcribed_loop_draw_for_draw(case, monkeypatch):
     assert info["energy_evals"] == target.counter.energy_evals == cfg.n_chains * (
         1 + want["moves"] + want["post"])
     assert info["kernel"] == cfg.kernel and info["prior"] == f"gaussian({cfg.prior_scale:g})"
+    assert set(info) == KEYS and info["seconds"] > 0
 
 
 def test_the_cases_reach_the_branches_they_are_meant_to():
     """Guards the test above against cases that stopped exercising anything."""
     runs = {k: replay(m(), SMCConfig(n_chains=48, **kw), n, 3) for k, (m, kw, n) in CASES.items()}
-    a, f, t, b = (runs[k] for k in ("adaptive-mala", "fixed-rwm", "max-temps", "budget-particles"))
+    a, f, t, b, w = (runs[k] for k in ("adaptive-mala", "fixed-rwm", "max-temps",
+                                       "budget-particles", "walled"))
     # resampling both below the threshold between temperatures and, always, at β = 1
     assert any(a["resampled"][:-1]) and not all(a["resampled"][:-1]) and a["resampled"][-1]
     assert a["post"] > 2 * 3 and not a["truncated"]
     assert f["betas"] == [0.25, 0.5, 0.75, 1.0] and f["moves"] == 12 and f["post"] == 0
     assert t["truncated"] and len(t["betas"]) == 4 and t["moves"] == 3 and t["post"] == 6
     assert b["truncated"] and b["moves"] == 8 and b["post"] == 2 and 0 < b["betas"][-2] < 1
+    assert min(r["acc_mean"] for r in runs.values()) > 0.3     # the moves do move
+    walls = (prior_for(Walled(), 3.0).sample(48, torch.Generator().manual_seed(3))[:, 0] > 2.5)
+    assert 0 < int(walls.sum()) < 48 and not w["truncated"] and w["post"] > 0
 
 
 def test_truncation_warnings_name_the_cause_and_the_temperatures():
