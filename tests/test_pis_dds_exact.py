@@ -262,3 +262,130 @@ def test_config_accepts_the_smallest_allowed_values(name):
     cls(cls.Config(sigma=1e-9, n_steps=1, batch_size=1, hidden=1, n_layers=1, sample_batch=1,
                    lr=1e-9, weight_decay=0.0, score_clip=1e-9, network="egnn",
                    score_clip_units="data", max_grad_norm=1e-9, max_iters=0))
+
+
+# ----------------------------------------------------------------------------- round-2 survivors
+def test_gaussian_log_density_is_the_normal_on_d_eff_dimensions():
+    from samplers.pis import gaussian_log_density
+    z = torch.tensor([[0.3, -1.2, 0.9]], dtype=torch.float64)
+    for var, d in ((2.5, 3), (0.4, 2)):
+        want = -0.5 * float(z.pow(2).sum()) / var - 0.5 * d * math.log(2 * math.pi * var)
+        assert float(gaussian_log_density(z, var, d)) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("units", ["z", "data"])
+def test_non_finite_score_components_become_zero(units):
+    from samplers.pis import clipped_score
+    g = torch.tensor([[math.nan, math.inf, -math.inf, 0.5]])
+    assert clipped_score(g, 2.0, 10.0, units).tolist() == [[0.0, 0.0, 0.0, -1.0]]
+
+
+def test_score_feature_clips_in_the_configured_units():
+    target = Gauss([3.0, -2.0], 0.3)
+    z = torch.tensor([[0.1, 0.2], [-0.5, 0.4]])
+    for units in ("z", "data"):
+        s = _bound("pis", target, n_steps=2, sigma=2.0, score_clip=5.0, score_clip_units=units)
+        score = -(2.0 * z.double() - target.m) / target.s ** 2
+        want = 2.0 * score.clamp(-5, 5) if units == "data" else (2.0 * score).clamp(-5, 5)
+        assert torch.allclose(s._score_feature(z).double(), want, atol=1e-5)
+
+
+def test_sigma_defaults_by_target_and_the_mean_free_dimension():
+    import targets
+    assert _bound("pis", targets.get("gmm40")).sigma == SIGMA_DEFAULTS["gmm40"] == 40.0
+    assert _bound("dds", Gauss([0.0], 1.0)).sigma == 1.0
+    d = _bound("dds", targets.get("dw4"), network="mlp")
+    assert d.d_eff == (4 - 1) * 2        # (N - 1) · D degrees of freedom
+
+
+def test_energy_budget_buys_whole_optimiser_steps_of_batch_times_n_plus_one():
+    cls = samplers.get("pis")
+    b, n = 8, 4
+    for cap in (2 * b * (n + 1), 2 * b * (n + 1) + b * (n - 1)):   # exactly 2, and 2 + not enough
+        t = Gauss([0.0, 0.0], 1.0)
+        info = cls(cls.Config(n_steps=n, batch_size=b, hidden=8, n_layers=1)).fit(
+            t, Budget(max_energy_evals=cap), torch.Generator().manual_seed(0))
+        assert info["steps"] == 2 and t.counter.energy_evals == 2 * b * (n + 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_resumed_fit_is_one_longer_fit(name):
+    """state_dict after 2 steps, loaded into a new sampler fitted to 4 with another seed: the
+    generator stream goes on where it stopped, so the networks equal one 4-step fit's."""
+    cls = samplers.get(name)
+    cfg = cls.tiny_config(None)
+    t = Gauss([0.5, -0.5], 1.0)
+    short = cls(dataclasses_replace(cfg, max_iters=2))
+    short.fit(t, Budget(max_steps=10), torch.Generator().manual_seed(0))
+    resumed = cls(dataclasses_replace(cfg, max_iters=4))
+    resumed.load_state_dict(short.state_dict())
+    resumed.fit(t, Budget(max_steps=10), torch.Generator().manual_seed(99))
+    one = cls(dataclasses_replace(cfg, max_iters=4))
+    one.fit(t, Budget(max_steps=10), torch.Generator().manual_seed(0))
+    for a, b in zip(resumed.net.state_dict().values(), one.net.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_first_adam_step_moves_each_parameter_by_about_lr():
+    """Adam's first update is lr · g / (|g| + eps): each parameter with a gradient moves by ~lr."""
+    cls = samplers.get("pis")
+    s = cls(cls.Config(n_steps=3, batch_size=16, hidden=8, n_layers=1, lr=0.05, weight_decay=0.0,
+                       max_iters=1))
+    t = Gauss([1.0, -1.0], 0.5)
+
+    def keep(sampler):
+        return [p.detach().clone() for p in sampler.net.parameters()]
+    s0 = cls(cls.Config(n_steps=3, batch_size=16, hidden=8, n_layers=1, max_iters=0))
+    s0.fit(t, Budget(max_steps=1), torch.Generator().manual_seed(0))
+    before = keep(s0)                        # the same initial network (same generator)
+    s.fit(t, Budget(max_steps=1), torch.Generator().manual_seed(0))
+    steps = torch.cat([(a - b).abs().flatten() for a, b in zip(keep(s), before)])
+    moved = steps[steps > 0]
+    assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, 0.05), rtol=0.05)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_draw_chunks_add_up_to_n_and_sample_refuses_a_bad_n(name):
+    cls = samplers.get(name)
+    s = cls(cls.Config(n_steps=2, hidden=4, n_layers=1, sample_batch=3, max_iters=0))
+    s.fit(Gauss([0.0, 0.0], 1.0), Budget(max_steps=1), torch.Generator().manual_seed(0))
+    assert s.sample(5, torch.Generator()).shape == (5, 2)
+    for n in (0, 2.0):
+        with pytest.raises(ValueError, match=rf"^{name}: n must be a positive int, got {n!r}$"):
+            s.sample(n, torch.Generator())
+
+
+def test_dds_stick_the_landing_adds_the_frozen_stochastic_integral_to_the_loss():
+    """The frozen copy has the live network's values, so the STL term's value is the path's
+    stochastic integral Σ stoch: loss(stl) - loss(no stl) = mean Σ stoch, on the same path."""
+    cls = samplers.get("dds")
+    t = Gauss([1.0, -1.0], 0.8)
+    losses = {}
+    for stl in (True, False):
+        s = _bound("dds", t, n_steps=5, sigma=1.0, stl=stl)
+        with torch.no_grad():
+            for p in s.net.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        losses[stl] = float(s._loss(32, torch.Generator().manual_seed(1))[0].detach())
+    _, _, stoch = s._rollout(32, torch.Generator().manual_seed(1), s._net_control)
+    assert cls.Config().stl is True
+    # float32 losses: allow their round-off, far below the size of the term itself
+    tol = 1e-5 * max(abs(v) for v in losses.values())
+    assert abs(float(stoch.mean())) > 100 * tol
+    assert losses[True] - losses[False] == pytest.approx(float(stoch.mean()), abs=tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_argument_and_divergence_messages(name):
+    cls = samplers.get(name)
+    s = cls(cls.tiny_config(None))
+    with pytest.raises(TypeError, match=rf"^{name}.fit: budget must be a Budget, got int$"):
+        s.fit(Gauss([0.0], 1.0), 3, torch.Generator())
+    with pytest.raises(TypeError, match=rf"^{name}.fit: generator must be a torch.Generator, "
+                                        r"got int$"):
+        s.fit(Gauss([0.0], 1.0), Budget(max_steps=1), 3)
