@@ -234,3 +234,12 @@ def test_frozen_chains_are_a_warning():
     assert info["acceptance_mean"] < 0.01
     assert any(w.startswith(f"acceptance {info['acceptance_mean']:.3g} below 1 %: the chains are "
                             "frozen") for w in info["warnings"])
+
+
+def test_no_warning_when_tempering_and_mcmc_moves_both_ran():
+    from samplers import Budget
+    from samplers.smc import SMC, SMCConfig
+    cfg = SMCConfig(n_chains=8, kernel="rwm", step_size=0.5, schedule="fixed", n_fixed_temps=1,
+                    steps_per_temp=3)
+    info = SMC(cfg).fit(Flat(), Budget(max_steps=6), torch.Generator().manual_seed(0))
+    assert info["smc_steps"] == info["mcmc_steps"] == 3 and info["warnings"] == []
