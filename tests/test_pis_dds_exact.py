@@ -389,3 +389,18 @@ def test_fit_argument_and_divergence_messages(name):
     with pytest.raises(TypeError, match=rf"^{name}.fit: generator must be a torch.Generator, "
                                         r"got int$"):
         s.fit(Gauss([0.0], 1.0), Budget(max_steps=1), 3)
+
+
+def test_max_grad_norm_clips_the_gradient_before_adam():
+    """Clipped to a norm of 1e-12, every gradient component is far below Adam's eps = 1e-8, so
+    the first step moves each parameter by at most lr · 1e-12 / 1e-8 = lr · 1e-4."""
+    cls = samplers.get("pis")
+    kw = dict(n_steps=3, batch_size=16, hidden=8, n_layers=1, lr=0.05, weight_decay=0.0)
+    t = Gauss([1.0, -1.0], 0.5)
+    s0 = cls(cls.Config(max_iters=0, **kw))
+    s0.fit(t, Budget(max_steps=1), torch.Generator().manual_seed(0))
+    s = cls(cls.Config(max_iters=1, max_grad_norm=1e-12, **kw))
+    s.fit(t, Budget(max_steps=1), torch.Generator().manual_seed(0))
+    steps = torch.cat([(a.detach() - b.detach()).abs().flatten()
+                       for a, b in zip(s.net.parameters(), s0.net.parameters())])
+    assert 0 < float(steps.max()) <= 0.05 * 1e-4 * 1.01
