@@ -78,7 +78,8 @@ def test_emd_gets_uniform_weights_and_the_iteration_cap(monkeypatch):
 def test_emd_that_stops_early_is_an_error(monkeypatch):
     monkeypatch.setattr(wasserstein, "EMD_NUM_ITER_MAX", 1)
     cost = torch.rand(40, 40, generator=_g(3), dtype=torch.float64).numpy()
-    with pytest.raises(RuntimeError, match="did not reach the optimum on a 40 x 40 problem"):
+    with pytest.raises(RuntimeError, match="did not reach the optimum on a 40 x 40 problem"), \
+            pytest.warns(UserWarning, match="numItermax"):  # POT's own warning, expected here
         wasserstein.emd_cost(cost)
 
 
