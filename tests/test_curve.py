@@ -170,8 +170,8 @@ def test_a_rerun_keeps_finished_points_and_extends_the_ladder(tmp_path, capsys):
 @pytest.mark.parametrize("sampler, extra", [
     ("mala", MALA),
     ("pis", ["pis.n_steps=5", "pis.batch_size=16", "pis.hidden=8", "n_eval=64", "profile=smoke"]),
-    ("fab", ["fab.n_layers=2", "fab.hidden=8", "fab.batch_size=16", "fab.buffer_min=32",
-             "fab.buffer_size=64", "n_eval=64", "profile=smoke"]),
+    ("fab", ["fab.n_layers=2", "fab.hidden=8", "fab.batch_size=16", "fab.buffer_min=64",
+             "fab.buffer_size=128", "n_eval=64", "profile=smoke"]),
 ])
 def test_a_restored_rung_samples_what_its_cell_sampled(sampler, extra, tmp_path):
     """Batches above 0 and select=val draw from the rung's saved state; restoring it must give
