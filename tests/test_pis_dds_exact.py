@@ -419,7 +419,7 @@ def test_a_budget_below_one_step_warns_with_the_cost_and_the_cap(name):
                  torch.Generator().manual_seed(0))
     assert info["steps"] == 0 and len(info["warnings"]) == 1
     w = info["warnings"][0]
-    assert w.startswith("budget below one training step") and "untrained" in w
+    assert w.startswith("budget below one training step: the samples are from the untrained model (")
     assert f"~{cost} energy" in w and str(cost - 1) in w
     assert not any(k.startswith("train_") for k in info)
     fresh = _bound(name, Gauss([0.0, 0.0], 1.0), n_steps=n, batch_size=b, hidden=8, n_layers=1)
