@@ -404,3 +404,44 @@ def test_max_grad_norm_clips_the_gradient_before_adam():
     steps = torch.cat([(a.detach() - b.detach()).abs().flatten()
                        for a, b in zip(s.net.parameters(), s0.net.parameters())])
     assert 0 < float(steps.max()) <= 0.05 * 1e-4 * 1.01
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_budget_below_one_step_warns_with_the_cost_and_the_cap(name):
+    """A cap one evaluation short of batch x (N + 1): no step runs, the one warning names that
+    cost and the cap, no train_* key appears and the network is the untrained initial one."""
+    cls = samplers.get(name)
+    b, n = 8, 4
+    cost = b * (n + 1)
+    cfg = cls.Config(n_steps=n, batch_size=b, hidden=8, n_layers=1)
+    s = cls(cfg)
+    info = s.fit(Gauss([0.0, 0.0], 1.0), Budget(max_energy_evals=cost - 1),
+                 torch.Generator().manual_seed(0))
+    assert info["steps"] == 0 and len(info["warnings"]) == 1
+    w = info["warnings"][0]
+    assert w.startswith("budget below one training step: the samples are from the untrained model (")
+    assert f"~{cost} energy" in w and str(cost - 1) in w
+    assert not any(k.startswith("train_") for k in info)
+    fresh = _bound(name, Gauss([0.0, 0.0], 1.0), n_steps=n, batch_size=b, hidden=8, n_layers=1)
+    for a, c in zip(s.net.state_dict().values(), fresh.net.state_dict().values()):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_max_iters_zero_warns_and_one_step_fills_the_train_keys(name):
+    cls = samplers.get(name)
+    cfg = cls.tiny_config(None)
+    info = cls(dataclasses_replace(cfg, max_iters=0)).fit(
+        Gauss([0.0, 0.0], 1.0), Budget(max_steps=10), torch.Generator().manual_seed(0))
+    assert info["warnings"] == ["max_iters=0: no training step ran; the samples are from the untrained model"]
+    info = cls(dataclasses_replace(cfg, max_iters=1)).fit(
+        Gauss([0.0, 0.0], 1.0), Budget(max_steps=10), torch.Generator().manual_seed(0))
+    assert info["steps"] == 1 and info["warnings"] == []
+    assert {k for k in info if k.startswith("train_")} == {"train_loss", "train_elbo", "train_log_z", "train_ess"}
+    # the first step's rollout runs under the zero-initialised control, whose weights are
+    # exactly Z = 2 pi for this unnormalised unit Gaussian on R^2: all equal, ESS 1, loss -log Z
+    log_z = math.log(2 * math.pi)
+    assert info["train_log_z"] == pytest.approx(log_z, abs=1e-5)
+    assert info["train_elbo"] == pytest.approx(log_z, abs=1e-5)
+    assert info["train_loss"] == pytest.approx(-log_z, abs=1e-5)
+    assert info["train_ess"] == pytest.approx(1.0, abs=1e-9)
