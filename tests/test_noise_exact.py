@@ -98,3 +98,12 @@ def test_fallback_when_compiling_fails(fake_compile, monkeypatch):
     assert noise._compiled == []
     key = torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out, eager(key, 2, torch.float32).reshape(-1))
+
+
+def test_float64_draws_match_transcription_to_rounding(fake_compile, monkeypatch):
+    """float64 (eager) resolves the 2^-24 offsets of the uniforms, which float32 tolerances hide."""
+    monkeypatch.setenv(fast.COMPILE_ENV, "1")
+    out = noise.standard_normal((257,), torch.Generator().manual_seed(11), dtype=torch.float64)
+    key = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(11)))
+    np.testing.assert_allclose(out.numpy(), _numpy_normals(key & M64, 257), rtol=1e-12, atol=1e-12)
+    assert fake_compile == []  # float64 never compiles
