@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 import metrics
 import targets
 from metrics import _common, alignment, eq_w2, wasserstein
-from test_metrics_exact import ot_by_lp
+from test_metrics_exact import ot_by_lp, subsample_indices
 
 
 def _g(seed):
@@ -305,8 +305,7 @@ def test_aligned_cap_switches_above_13_particles_and_uses_the_generator():
     dw4 = targets.get("dw4")
     x = torch.randn(5, 8, generator=_g(47), dtype=torch.float64)
     y = torch.randn(4, 8, generator=_g(48), dtype=torch.float64)
-    g = _g(49)
-    ix, iy = torch.randperm(5, generator=g)[:3], torch.randperm(4, generator=g)[:3]
+    ix, iy = subsample_indices(5, 4, 3, 49)
     want = wasserstein.aligned_w2(dw4.remove_mean(x)[ix], dw4.remove_mean(y)[iy], 4, 2)
     assert metrics.get("x_w2_aligned")(x, y, dw4, max_n=3, generator=_g(49)) == pytest.approx(want)
     with pytest.raises(_common.MetricInputError, match="metric 'x_w2_aligned' needs a particle"):

@@ -23,6 +23,13 @@ def _g(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def subsample_indices(n_x: int, n_y: int, k: int, seed: int):
+    """The metrics' documented subsampling: k of the samples, then k of the reference, by
+    randperm from one generator seeded ``seed``."""
+    g = _g(seed)
+    return torch.randperm(n_x, generator=g)[:k], torch.randperm(n_y, generator=g)[:k]
+
+
 def ot_by_lp(cost):
     """Exact OT value with uniform marginals by scipy's linear program (independent of POT)."""
     n, m = cost.shape
@@ -99,8 +106,7 @@ def test_x_w2_subsamples_samples_then_reference_from_the_generator():
     gmm = targets.get("gmm40")
     x = torch.randn(9, 2, generator=_g(7), dtype=torch.float64)
     y = torch.randn(8, 2, generator=_g(8), dtype=torch.float64)
-    g = _g(9)
-    ix, iy = torch.randperm(9, generator=g)[:5], torch.randperm(8, generator=g)[:5]
+    ix, iy = subsample_indices(9, 8, 5, 9)
     want = w2_by_permutations(x[ix], y[iy])
     assert metrics.get("x_w2")(x, y, gmm, max_n=5, generator=_g(9)) == pytest.approx(want, rel=1e-9)
     g = _g(_common.SUBSAMPLE_SEED)
@@ -367,8 +373,7 @@ def test_eq_w2_uses_the_callers_generator_and_names_a_string_cap():
     dw4 = targets.get("dw4")
     x = torch.randn(6, 8, generator=_g(29), dtype=torch.float64)
     y = torch.randn(5, 8, generator=_g(30), dtype=torch.float64)
-    g = _g(31)
-    ix, iy = torch.randperm(6, generator=g)[:3], torch.randperm(5, generator=g)[:3]
+    ix, iy = subsample_indices(6, 5, 3, 31)
     want = eq_w2.eq_w2_value(dw4.remove_mean(x)[ix], dw4.remove_mean(y)[iy], 4, 2)
     assert metrics.get("eq_w2")(x, y, dw4, max_n=3, generator=_g(31)) == pytest.approx(want, rel=1e-12)
     with pytest.raises(_common.MetricInputError, match="eq_w2: max_n must be a positive int or None, got 'auto'"):

@@ -172,20 +172,6 @@ def test_gmm_means_defaults_and_other_parameters():
     torch.testing.assert_close(t.energy(x), -(torch.logsumexp(comp, -1) - math.log(3)))
 
 
-def test_gmm_chunks_are_sized_by_its_component_count(monkeypatch, gen):
-    # fused() bounds memory by entries per configuration: K = 40 mixture components for GMM-40.
-    monkeypatch.setenv(fast.COMPILE_ENV, "0")
-    monkeypatch.setattr(fast, "CHUNK_ENTRIES", 400)  # 10 configurations per chunk
-    seen = []
-    run = fast._run_chunks
-    monkeypatch.setattr(fast, "_run_chunks", lambda *a: seen.append(a[-1]) or run(*a))
-    t = targets.get("gmm40")
-    x = 30 * torch.randn(25, 2, generator=gen, dtype=torch.float64)
-    e, g = t.energy_and_grad(x)
-    assert seen == [3]
-    torch.testing.assert_close(e, t.energy(x))
-
-
 # ----------------------------------------------------------------------------- particle references
 @pytest.mark.reference_data
 def test_particle_reference_defaults_generator_and_lazy_info():
@@ -310,15 +296,18 @@ def test_kernels_keep_every_batch_axis(kernel, params, event, gen):
     torch.testing.assert_close(g, g_flat.reshape(x.shape))
 
 
-def test_particle_chunks_are_sized_by_the_pair_matrix(monkeypatch, gen):
-    # N x N pair entries per configuration: DW-4 16, so CHUNK_ENTRIES 160 -> 10 per chunk.
+# fused() bounds memory by entries per configuration: K = 40 mixture components for GMM-40,
+# N x N pair entries for DW-4 (16); each cap below gives 10 configurations per chunk.
+@pytest.mark.parametrize("name, entries, scale, dim", [("gmm40", 400, 30, 2), ("dw4", 160, 2, 8)])
+def test_chunks_are_sized_by_the_entries_per_configuration(monkeypatch, gen, name, entries,
+                                                           scale, dim):
     monkeypatch.setenv(fast.COMPILE_ENV, "0")
-    monkeypatch.setattr(fast, "CHUNK_ENTRIES", 160)
+    monkeypatch.setattr(fast, "CHUNK_ENTRIES", entries)
     seen = []
     run = fast._run_chunks
     monkeypatch.setattr(fast, "_run_chunks", lambda *a: seen.append(a[-1]) or run(*a))
-    t = targets.get("dw4")
-    x = 2 * torch.randn(25, 8, generator=gen, dtype=torch.float64)
+    t = targets.get(name)
+    x = scale * torch.randn(25, dim, generator=gen, dtype=torch.float64)
     e, _ = t.energy_and_grad(x)
     assert seen == [3]
     torch.testing.assert_close(e, t.energy(x))
