@@ -27,7 +27,7 @@ import seaborn as sns  # noqa: E402
 
 from . import style  # noqa: E402
 from .budget_tables import budget_points  # noqa: E402
-from .plots import _save  # noqa: E402
+from .figure_axes import save_figure  # noqa: E402
 
 # Reference vs reference at n = 1000 (val 1000 vs test 1000; GMM-40 exact vs exact): mean and
 # std over 10 repeats, the "ours (spec v1)" column of docs/metrics.md "Calibration floors".
@@ -110,5 +110,5 @@ def make_all(df: pd.DataFrame, fig_dir: Path) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
     out = []
     for (t, m), _ in pts.groupby(["target", "metric"], sort=False):
-        out.append(_save(budget_figure(df, pts, t, m), fig_dir / f"budget_{t}_{m}.png", dpi=100))
+        out.append(save_figure(budget_figure(df, pts, t, m), fig_dir / f"budget_{t}_{m}.png", dpi=100))
     return out

@@ -8,13 +8,7 @@
   since early or failing samplers often lie far outside.
 * ``distances_<target>.png``: the same for interatomic distances (particle targets).
 * ``gmm40_samples.png``: GMM-40 samples (first ok seed) over contours of the exact log-density.
-* ``metric_<name>.png``: each metric against the energy evaluations the cell spent (log axis),
-  one panel per target: mean ± s.e.m. over ok seeds (error bars), seeds as faint dots, the
-  metric's name, units and direction on the y axis, plain tick labels (no offset). Samplers with
-  equal budgets are nudged apart by a few per cent on the x axis (``DODGE``), and a line under
-  each panel names the samplers run there without a point, with their table mark ("iDEM
-  (failed)", "MALA (n/a)", "FAB (no ref)"); a target on which the metric is undefined for every
-  sampler gets no panel, only a note.
+* ``metric_<name>.png``: each metric against the energy evaluations spent (runners/metric_plots.py).
 
 Every sampler has one colour in every figure (``runners.style.sampler_color``: a fixed colour
 per packaged sampler, plugins hashed), and figures are written through the atomic writers of runners/rows.py.
@@ -23,15 +17,13 @@ Samples are read from ``OUT/cells/<cell_key>/samples.npy``; references through t
 """
 from __future__ import annotations
 
-import io
-import textwrap
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .figure_axes import plain_ticks, save_figure, wide_axis
+
+import matplotlib.pyplot as plt  # noqa: E402  (Agg selected by figure_axes)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -43,10 +35,9 @@ from targets.particles import pair_distances  # noqa: E402
 
 from . import rows as rowsmod  # noqa: E402
 from . import style  # noqa: E402
-from .tables import mean_sem, metric_columns  # noqa: E402
+from .metric_plots import metric_vs_evals  # noqa: E402
 
 N_BINS = 60
-DODGE = 1.04  # horizontal factor between neighbouring samplers on the metric figures' log x axis
 # Matplotlib 3.10 replaced boxplot(vert=False) by orientation="horizontal".
 _HORIZONTAL = ({"orientation": "horizontal"}
                if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
@@ -101,59 +92,6 @@ def _density(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Histogram normalised by the total count (mass outside the bins is left out)."""
     counts, _ = np.histogram(v, bins=edges)
     return counts / max(1, len(v)) / np.diff(edges)
-
-
-def _wide_axis(ax, values: np.ndarray, pool: np.ndarray, which: str) -> None:
-    """Linear axis for values within two decades, log for wider positive ones, symlog otherwise
-    (energies of failing samplers reach 1e12 while the reference sits near -40)."""
-    v = values[np.isfinite(values)]
-    if len(v) == 0:
-        return
-    lo, hi = np.quantile(v, [0.01, 0.99])
-    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
-    if lo > 0 and hi / lo < 100:
-        return
-    if lo > 0:
-        set_scale("log")
-        return
-    p = pool[np.isfinite(pool)]
-    spread = np.subtract(*np.quantile(p, [0.75, 0.25])) if len(p) else 1.0
-    scale = max(abs(float(np.median(p))) if len(p) else 1.0, float(spread), 1e-3)
-    linthresh = 10 ** np.ceil(np.log10(scale))
-    set_scale("symlog", linthresh=linthresh)
-    # At most ~6 major ticks: energies of failing samplers span up to 20 decades.
-    decades = np.log10(max(abs(lo), abs(hi), linthresh) / linthresh) + 1
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(matplotlib.ticker.SymmetricalLogLocator(
-        linthresh=linthresh, base=10 ** max(1, int(np.ceil(decades / 6)))))
-    axis.set_minor_locator(matplotlib.ticker.NullLocator())
-
-
-def _save(fig, path: Path, dpi: int = 110) -> Path:
-    """PNG through the atomic writer of runners/rows.py (same mode policy as every results file);
-    ``bbox_inches="tight"`` keeps legends placed outside the axes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    rowsmod.write_bytes(path, buf.getvalue())
-    return path
-
-
-def plain_ticks(ax, which: str = "y") -> None:
-    """No offset or scientific-notation tick labels (``1e-11+1e-3``) on a linear axis; a nearly
-    constant range is widened so ticks stay readable."""
-    axis = ax.yaxis if which == "y" else ax.xaxis
-    if axis.get_scale() != "linear":
-        return
-    fmt = matplotlib.ticker.ScalarFormatter(useOffset=False)
-    fmt.set_scientific(False)
-    axis.set_major_formatter(fmt)
-    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
-    floor = max(abs(mid) * 0.05, 1e-12)
-    if half < floor:  # e.g. ESS 0.001 ± 1e-11 on every seed
-        (ax.set_ylim if which == "y" else ax.set_xlim)(mid - floor, mid + floor)
-        axis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
 
 
 def _label(name: str, df: pd.DataFrame | None) -> str:
@@ -219,7 +157,7 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
             patch.set_alpha(0.7)
         bx.set_yticks(range(1, len(sets) + 1),
                       [n if n == "reference" else _label(n, df) for n, _, _ in sets], fontsize=8)
-        _wide_axis(bx, np.concatenate([v for _, v, _ in sets]), pool, "x")
+        wide_axis(bx, np.concatenate([v for _, v, _ in sets]), pool, "x")
         bx.axvspan(edges[0], edges[-1], color="0.9", zorder=0, label="left panel's range")
         bx.invert_yaxis()
     bx.set(title="full range (1-99 %)", xlabel=xlabel)
@@ -231,7 +169,7 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
 
 
 def _hist_figure(title, xlabel, ref, by_sampler, path: Path, df=None) -> Path:
-    return _save(hist_figure(title, xlabel, ref, by_sampler, df), path)
+    return save_figure(hist_figure(title, xlabel, ref, by_sampler, df), path)
 
 
 def energy_histograms(out: Path, df: pd.DataFrame, fig_dir: Path) -> list[Path]:
@@ -299,122 +237,7 @@ def gmm_samples(out: Path, df: pd.DataFrame, fig_dir: Path, lim: float = 50.0) -
         ax.axis("off")
     fig.suptitle("GMM-40: samples (first ok seed) over log-density contours")
     fig.tight_layout()
-    return [_save(fig, fig_dir / "gmm40_samples.png")]
-
-
-def metric_points(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (target, sampler): mean energy evaluations and mean ± s.e.m. of ``metric`` over the ok
-    seeds with a finite value (what the metric figure draws). Columns: target, sampler,
-    evals, mean, sem, n."""
-    ok = df[df["status"] == "ok"] if "status" in df.columns else df
-    out = []
-    for (t, s), g in ok.groupby(["target", "sampler"], sort=False):
-        y = pd.to_numeric(g[metric], errors="coerce") if metric in g else pd.Series(dtype=float)
-        keep = np.isfinite(y.to_numpy(dtype=float))
-        if not keep.any():
-            continue
-        ev = pd.to_numeric(g["energy_evals"], errors="coerce").to_numpy(dtype=float)[keep]
-        mean, sem = mean_sem(y.to_numpy(dtype=float)[keep])
-        out.append({"target": t, "sampler": s, "evals": float(np.nanmean(np.clip(ev, 1, None))),
-                    "mean": mean, "sem": sem, "n": int(keep.sum())})
-    return pd.DataFrame(out, columns=["target", "sampler", "evals", "mean", "sem", "n"])
-
-
-def not_drawn(df: pd.DataFrame, target: str, metric: str, drawn) -> list[str]:
-    """"iDEM (failed)", "MALA (n/a)", … for the samplers run on ``target`` that have no point in
-    its ``metric`` panel, with the table mark of their cell (runners/tables.py), so a reader can
-    tell a sampler that failed from one the metric does not apply to."""
-    from .tables import MARKS, cell_state
-    g = df[df["target"] == target]
-    out = []
-    for s in style.sampler_order(g["sampler"]):
-        if s in set(drawn):
-            continue
-        state, _ = cell_state(g[g["sampler"] == s], metric)
-        mark = {"ok": "no finite value"}.get(state, MARKS.get(state, state))
-        out.append(f"{_label(s, df)} ({mark})")
-    return out
-
-
-def metric_figure(df: pd.DataFrame, metric: str):
-    """``metric`` against the energy evaluations spent (log axis), one panel per target: per
-    sampler the mean over ok seeds with a ±1 s.e.m. error bar (none for one seed) and each seed as
-    a faint dot; the y label gives the metric's name, units and direction; one legend, outside
-    the panels. Returns the figure."""
-    from .tables import cell_state
-    pts = metric_points(df, metric)
-    ok = df[(df["status"] == "ok")] if "status" in df.columns else df
-    every = list(dict.fromkeys(df["target"]))
-    # Targets on which the metric is undefined for every sampler get no panel, only a note.
-    undefined = [t for t in every
-                 if all(cell_state(g, metric)[0] == "na"
-                        for _, g in df[df["target"] == t].groupby("sampler", sort=False))]
-    tlist = [t for t in every if t not in undefined] or every
-    undefined = [t for t in undefined if t not in tlist]
-    fig, axes = plt.subplots(1, len(tlist), figsize=(3.6 * len(tlist), 3.4), squeeze=False)
-    handles: dict[str, object] = {}
-    for ax, t in zip(axes[0], tlist):
-        ax.set_title(style.target_pretty(t, df))
-        sub = pts[pts["target"] == t]
-        if sub.empty:
-            why = "\n".join(["nothing to show:"] + not_drawn(df, t, metric, []))
-            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.4",
-                    fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        drawn = style.sampler_order(sub["sampler"])
-        for k, s in enumerate(drawn):
-            r = sub[sub["sampler"] == s].iloc[0]
-            c = style.sampler_color(s)
-            # Samplers with the same budget share an x: nudge each by a few per cent on the log
-            # axis so markers and error bars sit side by side instead of on top of each other.
-            nudge = DODGE ** (k - (len(drawn) - 1) / 2)
-            seeds = ok[(ok["target"] == t) & (ok["sampler"] == s)]
-            ys = pd.to_numeric(seeds[metric], errors="coerce")
-            xs = pd.to_numeric(seeds["energy_evals"], errors="coerce").clip(lower=1) * nudge
-            fin = np.isfinite(ys.to_numpy(dtype=float))
-            if r["n"] > 1:
-                ax.scatter(xs[fin], ys[fin], s=10, color=c, alpha=0.35, linewidths=0, zorder=2)
-            sem = r["sem"] if np.isfinite(r["sem"]) else 0.0
-            cont = ax.errorbar([r["evals"] * nudge], [r["mean"]], yerr=[[sem], [sem]], fmt="o",
-                               ms=6, color=c, ecolor=c, elinewidth=1.4, capsize=3, zorder=3,
-                               label=_label(s, df))
-            handles.setdefault(_label(s, df), cont)
-        missing = not_drawn(df, t, metric, drawn)
-        if missing:
-            ax.text(0.01, -0.3, "not shown: " + ", ".join(missing), transform=ax.transAxes,
-                    fontsize=7, color="0.35", va="top", wrap=True)
-        ax.set_xscale("log")
-        _wide_axis(ax, sub["mean"].to_numpy(float), sub["mean"].to_numpy(float), "y")
-        lo, hi = sub["evals"].min(), sub["evals"].max()
-        if hi / lo < 10:  # keep at least a decade so the log axis has readable major ticks
-            ax.set_xlim(10 ** np.floor(np.log10(lo) - 0.01), 10 ** np.ceil(np.log10(hi) + 0.01))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("energy evaluations (fit + sampling)")
-        plain_ticks(ax, "y")
-    info = style.metric_info(metric)
-    label = textwrap.fill(style.metric_label(metric, direction=False), 34)
-    axes[0][0].set_ylabel(f"{label}\n({textwrap.fill(info.direction, 34)})")
-    if undefined:
-        fig.text(0.01, -0.02, f"{metric} is not applicable on "
-                 f"{', '.join(style.target_pretty(t, df) for t in undefined)} (no panel)",
-                 fontsize=7, color="0.35", va="top")
-    if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
-                   title="mean ± s.e.m.\nover ok seeds")
-    fig.suptitle(f"{info.display} ({metric}) vs energy evaluations; {info.direction}")
-    fig.tight_layout()
-    return fig
-
-
-def metric_vs_evals(df: pd.DataFrame, fig_dir: Path) -> list[Path]:
-    ok = df[df["status"] == "ok"] if "status" in df.columns else df
-    if ok.empty:
-        return []
-    return [_save(metric_figure(df, m), fig_dir / f"metric_{m}.png", dpi=100)
-            for m in metric_columns(ok)]
+    return [save_figure(fig, fig_dir / "gmm40_samples.png")]
 
 
 def make_all(out: Path, df: pd.DataFrame, fig_dir: Path | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import samplers  # noqa: E402
-from runners import plots, style  # noqa: E402
+from runners import metric_plots, plots, style  # noqa: E402
 
 
 def rows(sampler_names, targets=("gmm40", "dw4"), metric="x_w2", values=None) -> pd.DataFrame:
@@ -42,8 +42,8 @@ def _hex(artist) -> str:
 
 
 def test_sampler_colour_is_the_same_across_figures_with_different_sampler_sets():
-    all_four = plots.metric_figure(rows(["mala", "pdem", "idem", "fab"]), "x_w2")
-    no_pdem = plots.metric_figure(rows(["mala", "idem", "fab"]), "x_w2")  # LJ-55 lacks pDEM
+    all_four = metric_plots.metric_figure(rows(["mala", "pdem", "idem", "fab"]), "x_w2")
+    no_pdem = metric_plots.metric_figure(rows(["mala", "idem", "fab"]), "x_w2")  # LJ-55 lacks pDEM
     a, b = _errorbars(all_four), _errorbars(no_pdem)
     for name in ("MALA", "iDEM", "FAB"):
         assert _hex(a[name].lines[0]) == _hex(b[name].lines[0]) == style.sampler_color(
@@ -70,7 +70,7 @@ def test_a_registered_plugin_moves_no_builtin_colour(monkeypatch):
 
 def test_metric_figure_has_mean_sem_error_bars_and_labelled_axes():
     df = rows(["mala", "fab"], values={"mala": [1.0, 2.0, 4.0], "fab": [3.0, 3.0, 3.0]})
-    fig = plots.metric_figure(df, "x_w2")
+    fig = metric_plots.metric_figure(df, "x_w2")
     bars = _errorbars(fig)
     assert set(bars) == {"MALA", "FAB"}
     mala = bars["MALA"]
@@ -90,7 +90,7 @@ def test_metric_figure_has_mean_sem_error_bars_and_labelled_axes():
 
 def test_ess_axis_has_no_offset_notation():
     vals = {"pis": [1e-3, 1e-3 + 1e-11, 1e-3 + 2e-11], "fab": [1e-3 + 1e-11] * 3}
-    fig = plots.metric_figure(rows(["pis", "fab"], metric="ess", values=vals), "ess")
+    fig = metric_plots.metric_figure(rows(["pis", "fab"], metric="ess", values=vals), "ess")
     fig.canvas.draw()
     for ax in fig.axes:
         fmt = ax.yaxis.get_major_formatter()
@@ -121,7 +121,7 @@ def test_sampler_fully_outside_the_histogram_range_is_drawn():
 def test_figures_are_written_with_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        path = plots.metric_vs_evals(rows(["mala"]), tmp_path)[0]
+        path = metric_plots.metric_vs_evals(rows(["mala"]), tmp_path)[0]
     finally:
         os.umask(old)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -138,17 +138,17 @@ def test_metric_panel_names_samplers_without_a_point_and_separates_equal_budgets
     df = pd.concat([df, pd.DataFrame([dict(target="dw4", sampler="pis", seed=s, status="error",
                                            energy_evals=1, x_w2=math.nan) for s in range(2)])])
     df["energy_evals"] = 1000  # same budget for everyone
-    fig = plots.metric_figure(df, "x_w2")
+    fig = metric_plots.metric_figure(df, "x_w2")
     (text,) = [t.get_text() for t in fig.axes[0].texts]
     assert text == "not shown: MALA (no ref), MCMC (RWM) (no finite value), PIS (failed)"
     plt.close(fig)
-    fig = plots.metric_figure(df.assign(nll=df["x_w2"]), "nll")  # no density: NLL undefined
+    fig = metric_plots.metric_figure(df.assign(nll=df["x_w2"]), "nll")  # no density: NLL undefined
     (text,) = [t.get_text() for t in fig.axes[0].texts]
     assert "MALA (n/a)" in text and "PIS (n/a)" in text and "FAB" not in text
     plt.close(fig)
     two = rows(["mala", "rwm"], targets=("dw4",))
     two["energy_evals"] = 1000
-    fig = plots.metric_figure(two, "x_w2")
+    fig = metric_plots.metric_figure(two, "x_w2")
     xs = [c.lines[0].get_xdata()[0] for c in _errorbars(fig).values()]
     assert xs[0] != xs[1] and max(xs) / min(xs) < 1.1  # apart, but still at ~1000
     plt.close(fig)
@@ -179,7 +179,7 @@ def test_histogram_with_infinite_and_nan_samplers():
 def test_no_panel_for_a_target_where_the_metric_is_undefined():
     df = rows(["mala", "fab"], metric="dist_tvd")  # GMM-40 has no particles: no distances
     df.loc[df["target"] == "gmm40", "dist_tvd"] = math.nan
-    fig = plots.metric_figure(df, "dist_tvd")
+    fig = metric_plots.metric_figure(df, "dist_tvd")
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in titled] == ["DW-4"]
     assert "fraction, 0 to 1" in titled[0].get_ylabel().replace("\n", " ")

@@ -22,7 +22,7 @@ import torch
 
 import samplers
 import targets
-from runners import check, grid, plugins
+from runners import check, check_target, grid, plugins
 from runners import config as cfgmod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_target_entry_point_discovered_and_checked(tmp_path, monkeypatch, clean_
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins.discover()
     assert "gausspkg 1.0" in targets.source("gauss2")
-    lines = check.check_target("gauss2")
+    lines = check_target.check_target("gauss2")
     assert [str(x) for x in lines if not x.ok] == []
     assert check.main(["target=gauss2"]) == 0  # the guide's command
     # and a packaged sampler runs on it through the same check

@@ -33,7 +33,7 @@ import torch
 
 import samplers
 import targets
-from runners import check
+from runners import check, check_target
 
 # (sampler, target) pairs measured above ~3 s per case on one core.
 SLOW_CASES: set[tuple[str, str]] = {("idem", "lj55")}  # ~10 s (EGNN on 55 particles)
@@ -76,5 +76,5 @@ def test_sampler_contract(sampler_name, target_name):
 
 @pytest.mark.parametrize("target_name", targets.names())
 def test_target_contract(target_name):
-    failed = [str(line) for line in check.check_target(target_name) if not line.ok]
+    failed = [str(line) for line in check_target.check_target(target_name) if not line.ok]
     assert not failed, "\n".join(failed)
