@@ -107,3 +107,28 @@ def test_float64_draws_match_transcription_to_rounding(fake_compile, monkeypatch
     key = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(11)))
     np.testing.assert_allclose(out.numpy(), _numpy_normals(key & M64, 257), rtol=1e-12, atol=1e-12)
     assert fake_compile == []  # float64 never compiles
+
+
+def test_fallback_warning_points_at_the_caller_and_keeps_300_characters(fake_compile, monkeypatch):
+    monkeypatch.setenv(fast.COMPILE_ENV, "1")
+
+    def broken(*args):
+        raise RuntimeError("y" * 1000)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    with pytest.warns(RuntimeWarning) as record:
+        noise.standard_normal((6,), torch.Generator().manual_seed(1))
+    assert noise._disabled[0] == ("RuntimeError: " + "y" * 1000)[:300]
+    assert str(record[0].message) == (f"samplers.dem.noise: drawing eagerly ({noise._disabled[0]}); "
+                                      "the numbers are the same, only slower")
+    assert record[0].filename == __file__  # stacklevel 2: the line that asked for the draw
+
+
+def test_other_devices_get_torch_randn_with_the_callers_generator(monkeypatch):
+    """The non-CPU branch without a GPU: torch.randn replaced by a recorder."""
+    calls = []
+    monkeypatch.setattr(torch, "randn", lambda *a, **kw: calls.append((a, kw)) or "drawn")
+    g = torch.Generator()
+    assert noise.standard_normal((3, 4), g, dtype=torch.float64, device="cuda:1") == "drawn"
+    assert calls == [(((3, 4),), {"generator": g, "device": torch.device("cuda:1"),
+                                  "dtype": torch.float64})]
