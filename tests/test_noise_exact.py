@@ -4,6 +4,8 @@ what ``_pick`` chooses and when, the options it compiles with, and the fallback 
 fails; the draws are checked against a numpy transcription of the formula in the module doc."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,20 @@ def test_other_devices_get_torch_randn_with_the_callers_generator(monkeypatch):
     assert noise.standard_normal((3, 4), g, dtype=torch.float64, device="cuda:1") == "drawn"
     assert calls == [(((3, 4),), {"generator": g, "device": torch.device("cuda:1"),
                                   "dtype": torch.float64})]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_compiled_and_fallback_draws_keep_float32_under_a_float64_default(fails, fake_compile,
+                                                                           monkeypatch):
+    monkeypatch.setenv(fast.COMPILE_ENV, "1")
+    if fails:
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: 1 / 0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = noise.standard_normal((5,), torch.Generator().manual_seed(2))
+    finally:
+        torch.set_default_dtype(old)
+    assert out.dtype == torch.float32 and bool(noise._disabled) == fails
