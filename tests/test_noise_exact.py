@@ -4,6 +4,8 @@ what ``_pick`` chooses and when, the options it compiles with, and the fallback 
 fails; the draws are checked against a numpy transcription of the formula in the module doc."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,47 @@ def test_float64_draws_match_transcription_to_rounding(fake_compile, monkeypatch
     key = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(11)))
     np.testing.assert_allclose(out.numpy(), _numpy_normals(key & M64, 257), rtol=1e-12, atol=1e-12)
     assert fake_compile == []  # float64 never compiles
+
+
+def test_fallback_warning_points_at_the_caller_and_keeps_300_characters(fake_compile, monkeypatch):
+    monkeypatch.setenv(fast.COMPILE_ENV, "1")
+
+    def broken(*args):
+        raise RuntimeError("y" * 1000)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    with pytest.warns(RuntimeWarning) as record:
+        noise.standard_normal((6,), torch.Generator().manual_seed(1))
+    assert noise._disabled[0] == ("RuntimeError: " + "y" * 1000)[:300]
+    assert str(record[0].message) == (f"samplers.dem.noise: drawing eagerly ({noise._disabled[0]}); "
+                                      "the numbers are the same, only slower")
+    # stacklevel 2: the caller's line, not noise.py nor the frame above the caller (pytest); the
+    # caller is this file, or mutmut's trampoline between this file and standard_normal
+    assert record[0].filename != noise.__file__ and "_pytest" not in record[0].filename
+
+
+def test_other_devices_get_torch_randn_with_the_callers_generator(monkeypatch):
+    """The non-CPU branch without a GPU: torch.randn replaced by a recorder."""
+    calls = []
+    monkeypatch.setattr(torch, "randn", lambda *a, **kw: calls.append((a, kw)) or "drawn")
+    g = torch.Generator()
+    assert noise.standard_normal((3, 4), g, dtype=torch.float64, device="cuda:1") == "drawn"
+    assert calls == [(((3, 4),), {"generator": g, "device": torch.device("cuda:1"),
+                                  "dtype": torch.float64})]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_compiled_and_fallback_draws_keep_float32_under_a_float64_default(fails, fake_compile,
+                                                                           monkeypatch):
+    monkeypatch.setenv(fast.COMPILE_ENV, "1")
+    if fails:
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: 1 / 0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = noise.standard_normal((5,), torch.Generator().manual_seed(2))
+    finally:
+        torch.set_default_dtype(old)
+    assert out.dtype == torch.float32 and bool(noise._disabled) == fails
