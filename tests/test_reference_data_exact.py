@@ -49,9 +49,9 @@ class FakeNet:
     """Records every urlopen(url, timeout) and sleep; serves ``payload`` in reads of the asked
     size, or raises ``errors[k]`` at attempt k (after ``partial`` bytes, if given)."""
 
-    def __init__(self, payload: bytes = b"", errors=(), partial: int = 0):
-        self.payload, self.errors, self.partial = payload, list(errors), partial
-        self.calls, self.sleeps, self.read_sizes = [], [], []
+    def __init__(self, payload: bytes = b"", errors=(), partial: int = 0, watch: Path = None):
+        self.payload, self.errors, self.partial, self.watch = payload, list(errors), partial, watch
+        self.calls, self.sleeps, self.read_sizes, self.listings = [], [], [], []
 
     def urlopen(self, url, timeout=None):
         self.calls.append((url, timeout))
@@ -69,6 +69,8 @@ class FakeNet:
 
             def read(self, n):
                 net.read_sizes.append(n)
+                if net.watch is not None:  # what is on disk while the download runs
+                    net.listings.append(sorted(os.listdir(net.watch)))
                 if err is not None and self.pos >= net.partial:
                     raise err
                 stop = net.partial if err is not None else len(net.payload)
@@ -209,18 +211,22 @@ def _official(env, monkeypatch, payload: bytes):
 
 def test_a_missing_file_is_downloaded_into_the_cache_and_recorded(env, monkeypatch, capsys):
     arr = np.random.default_rng(1).normal(size=(3000, 8)).astype(np.float32)
-    blob = _npy_bytes(env, arr)  # ~94 kB: served in several reads of 1 MiB asked for
+    blob = _npy_bytes(env, arr)  # ~96 kB
     _official(env, monkeypatch, blob)
-    net = FakeNet(blob).install(monkeypatch)
+    cache = env / "deep" / "cache"  # two levels that do not exist yet
+    monkeypatch.setenv("BOLTZBENCH_CACHE", str(cache))
+    net = FakeNet(blob, watch=cache).install(monkeypatch)
     old = os.umask(0o027)  # not the usual 0o022, which leaves 0o644 as it is
     try:
         got, info = data.load_official(FILE, dim=8)
     finally:
         os.umask(old)
-    cache = env / "cache"  # did not exist before: created
     url = f"https://raw.githubusercontent.com/jarridrb/DEM/main/data/{FILE}"
     assert net.calls == [(url, 30.0)] and net.sleeps == []
-    assert set(net.read_sizes) == {1 << 20}
+    assert max(net.read_sizes) <= 1 << 20  # bounded reads, never the whole file at once
+    # while it downloads, the only file is a hidden .part beside the destination
+    (part,), = set(map(tuple, net.listings))
+    assert part.startswith(f".{FILE}.") and part.endswith(".part")
     np.testing.assert_array_equal(got, arr)
     assert info == {"reference_source": "official", "reference_file": FILE,
                     "reference_sha256": hashlib.sha256(blob).hexdigest(),
