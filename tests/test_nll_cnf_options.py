@@ -225,18 +225,20 @@ def test_score_hands_the_first_n_test_mean_free_points_and_averages_in_float64(m
 
 
 def test_score_refuses_non_finite_log_likelihoods_with_their_count(monkeypatch):
-    lq = torch.tensor([0.0, math.nan, -math.inf, 1.0])
+    lq = torch.tensor([math.inf, math.nan, -math.inf, 1.0])
     monkeypatch.setattr(cnf, "log_likelihood", lambda *a, **k: (lq, 1))
     with pytest.raises(MetricInputError) as e:
         M.score(nn.Linear(1, 1), torch.zeros(4, 8), _Particles(), _options())
-    assert str(e.value) == "nll_cnf: 2 test point(s) got a non-finite log-likelihood"
+    assert str(e.value) == "nll_cnf: 3 test point(s) got a non-finite log-likelihood"
 
 
 def test_nll_cnf_resolves_the_options_for_the_target_then_fits_and_scores(monkeypatch):
     calls = []
-    monkeypatch.setattr(M, "fit", lambda b, s, t, o: calls.append(("fit", b, s, o)) or ("F", {}))
-    monkeypatch.setattr(M, "score", lambda f, r, t, o: calls.append(("score", f, r, o))
+    monkeypatch.setattr(M, "fit", lambda b, s, t, o: calls.append(("fit", b, s, t, o))
+                        or ("F", {}))
+    monkeypatch.setattr(M, "score", lambda f, r, t, o: calls.append(("score", f, r, t, o))
                         or {"nll_cnf": 7.25})
-    assert M.nll_cnf("B", "S", "R", _Particles(), steps=9, lr=1) == 7.25
+    target = _Particles()
+    assert M.nll_cnf("B", "S", "R", target, steps=9, lr=1) == 7.25
     want = M.NLLCNFOptions(steps=9, lr=1.0).resolved("dw4")
-    assert calls == [("fit", "B", "S", want), ("score", "F", "R", want)]
+    assert calls == [("fit", "B", "S", target, want), ("score", "F", "R", target, want)]

@@ -182,6 +182,12 @@ def test_load_array_accepts_a_float_table_and_names_each_problem(tmp_path):
             data.load_array(saved(bad), 4)
         assert str(e.value) == (f"reference file {path}: expected a 2-D float array, got {shown}; "
                                 f"delete or replace it")
+    with open(path, "wb") as f:  # an .npz archive under the .npy name: no shape, no dtype
+        np.savez(f, a=good)
+    with pytest.raises(ReferenceCorrupt) as e:
+        data.load_array(path, 4)
+    assert str(e.value) == (f"reference file {path}: expected a 2-D float array, got shape ? "
+                            f"dtype ?; delete or replace it")
     with pytest.raises(ReferenceCorrupt) as e:
         data.load_array(saved(good), 5)
     assert str(e.value) == (f"reference file {path}: expected 5 columns, got shape (3, 4); it "
@@ -253,6 +259,8 @@ def test_a_local_copy_is_preferred_and_nothing_is_fetched(env, monkeypatch):
         assert info["reference_path"] == str(env / chosen / FILE)
     monkeypatch.delenv("BOLTZBENCH_DATA")
     assert data.load_official(FILE, dim=8)[1]["reference_path"] == str(env / "cache" / FILE)
+    with pytest.raises(ReferenceCorrupt, match="expected 7 columns, got shape \\(5, 8\\)"):
+        data.load_official(FILE, dim=7)  # the target's width reaches the checks
     assert net.calls == []
 
 
