@@ -112,3 +112,48 @@ def test_non_finite_samples_are_reported_as_samples(name):
             p.fill_(float("inf"))
     with pytest.raises(Diverged, match=rf"^{name}: samples: [1-9]\d* non-finite values$"):
         sampler.sample(8, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_info_reports_the_sde_steps_the_clock_and_the_spending(name):
+    import time
+    sampler = _tiny(name, max_iters=2)
+    target = Gauss([0.0, 0.0], 1.0)
+    t0 = time.perf_counter()
+    info = sampler.fit(target, Budget(max_steps=10), torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - t0
+    cfg = sampler.config
+    assert info["n_sde_steps"] == cfg.n_steps and info["steps"] == 2
+    assert 0.0 < info["seconds"] <= wall
+    # N score calls + 1 terminal energy per path and step, counted by the target itself
+    assert info["energy_evals"] == target.counter.energy_evals == 2 * cfg.batch_size * (cfg.n_steps + 1)
+    assert info["budget_binding"] == "none"  # max_iters stopped it, not the budget
+    capped = _tiny(name, max_iters=None).fit(target, Budget(max_steps=2), torch.Generator().manual_seed(0))
+    assert (capped["steps"], capped["budget_binding"]) == (2, "steps")
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward (a finite loss), an infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_non_finite_parameter_gradient_is_reported_with_its_iteration(name):
+    sampler = _tiny(name, max_iters=3)
+    loss_fn, calls = sampler._loss, []
+
+    def inf_on_second(n, generator, control=None):
+        loss, log_w = loss_fn(n, generator, control)
+        calls.append(1)
+        return (_InfGrad.apply(loss) if len(calls) == 2 else loss), log_w
+
+    sampler._loss = inf_on_second
+    with pytest.raises(Diverged, match=rf"^{name}: non-finite parameter gradient at iteration 1$"):
+        sampler.fit(Gauss([0.0, 0.0], 1.0), Budget(max_steps=10), torch.Generator().manual_seed(0))
