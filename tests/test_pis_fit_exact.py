@@ -157,3 +157,11 @@ def test_a_non_finite_parameter_gradient_is_reported_with_its_iteration(name):
     sampler._loss = inf_on_second
     with pytest.raises(Diverged, match=rf"^{name}: non-finite parameter gradient at iteration 1$"):
         sampler.fit(Gauss([0.0, 0.0], 1.0), Budget(max_steps=10), torch.Generator().manual_seed(0))
+
+
+def test_a_config_of_the_other_sampler_is_refused_naming_both_classes():
+    pis, dds = samplers.get("pis"), samplers.get("dds")
+    with pytest.raises(TypeError, match=r"^pis: config must be a PISConfig, got DDSConfig$"):
+        pis(dds.Config())
+    with pytest.raises(TypeError, match=r"^dds: config must be a DDSConfig, got PISConfig$"):
+        dds(pis.Config())
