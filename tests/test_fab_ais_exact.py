@@ -215,26 +215,26 @@ def test_hmc_ais_rounds_match_the_float64_transcription(case, monkeypatch):
     np.testing.assert_allclose(buf_lq.numpy(), log_q(u_all)[0], rtol=1e-5, atol=1e-4)
 
 
-def replay_metropolis_round(g, n, d, maps, betas, steps, sigma, target_accept, adapt):
-    """One AIS round with random-walk Metropolis; ``steps[k]`` in data units (u = x / sigma)."""
-    u = torch.randn(n, d, generator=g).double().numpy()
+def replay_metropolis_round(u, maps, lq_fn, betas, steps, scale, target_accept, adapt, g):
+    """One AIS round with random-walk Metropolis from ``u`` (the flow's draws); ``steps[k]`` in
+    data units, ``scale`` data units per unit of u (sigma for the RealNVP, 1 for se3_aug)."""
 
     def log_pi(v, b):
-        return (1 - 2 * b) * log_q(v)[0] + 2 * b * maps.log_p(v)[0]
+        return (1 - 2 * b) * lq_fn(v) + 2 * b * maps.log_p(v)[0]
 
-    log_w, b_prev, accepts, new_steps = np.zeros(n), 0.0, [], []
+    log_w, b_prev, accepts, new_steps = np.zeros(len(u)), 0.0, [], []
     for k, b in enumerate(betas):
-        log_w = log_w + (b - b_prev) * 2 * (maps.log_p(u)[0] - log_q(u)[0])
+        log_w = log_w + (b - b_prev) * 2 * (maps.log_p(u)[0] - lq_fn(u))
         b_prev = b
         if k == len(betas) - 1:
             break
         acc_k, new_k = [], []
         for s in steps[k]:
-            y = u + s / sigma * torch.randn(n, d, generator=g, dtype=torch.float64).numpy()
+            y = u + s / scale * torch.randn(u.shape, generator=g, dtype=torch.float64).numpy()
             with np.errstate(invalid="ignore"):
                 ratio = log_pi(y, b) - log_pi(u, b)
             ratio = np.where(np.isfinite(ratio), ratio, -np.inf)
-            uniform = torch.rand(n, generator=g, dtype=torch.float64).numpy()
+            uniform = torch.rand(len(u), generator=g, dtype=torch.float64).numpy()
             take = np.log(uniform) < ratio
             u = np.where(take[:, None], y, u)
             acc_k.append(take.mean())
@@ -262,8 +262,9 @@ def test_metropolis_ais_rounds_match_the_float64_transcription(adapt, monkeypatc
     for _, state, used_steps, (u_out, lw_out) in calls:
         assert used_steps == steps
         g.set_state(state)
+        u0 = torch.randn(n, 2, generator=g).double().numpy()
         u, log_w, accepts, steps = replay_metropolis_round(
-            g, n, 2, maps, [1 / 3, 2 / 3, 1.0], steps, sigma, 0.5, adapt)
+            u0, maps, lambda v: log_q(v)[0], [1 / 3, 2 / 3, 1.0], steps, sigma, 0.5, adapt, g)
         np.testing.assert_allclose(u_out.numpy(), u, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(lw_out.numpy(), log_w, rtol=1e-5, atol=1e-4)
         assert 0.1 < min(accepts) and max(accepts) < 0.95
@@ -271,3 +272,43 @@ def test_metropolis_ais_rounds_match_the_float64_transcription(adapt, monkeypatc
     assert info["metropolis_steps"] == [pytest.approx(k, rel=1e-12) for k in steps]
     if adapt:   # the rule moved at least one size, and not all the same way
         assert any(abs(h - 1.2) > 1e-9 for k in steps for h in k)
+
+
+class AugMaps:
+    """se3_aug's joint target in u = [x in the Helmert basis, a]: -E_DW4(x) + log N(a; x, s² I)."""
+
+    def __init__(self, aug_scale):
+        self.basis, self.s = helmert_basis(4, 2).double().numpy(), aug_scale
+
+    def log_p(self, u):
+        x = u[:, :6] @ self.basis.T
+        a = u[:, 6:]
+        aux = -0.5 * ((a - x) / self.s) ** 2 - math.log(self.s) - 0.5 * math.log(2 * math.pi)
+        return -dw4_energy_and_grad(x)[0] + aux.sum(1), None
+
+
+def test_se3_aug_metropolis_ais_works_in_data_units(monkeypatch):
+    """With the augmented flow, u is in data units (no sigma), the target is the joint
+    p̃(x) N(a; x, aug_scale²) and log q the flow's exact joint density."""
+    cfg = FABConfig(flow="se3_aug", n_layers=1, hidden=8, egnn_blocks=1, egnn_features=8,
+                    batch_size=32, buffer_min=256, buffer_size=256, n_intermediate=2,
+                    transition="metropolis", n_metropolis=2, metropolis_step=0.15,
+                    aug_scale=0.3, dtype="float64", sigma=1.5, n_updates_per_ais=1)
+    s, info, calls = _fit_rounds(cfg, targets.get("dw4"), 1, monkeypatch, attr="rw_steps", moves=2)
+    (n, state, used, (u_out, lw_out)), = calls
+    assert used == [[0.15, 0.15], [0.15, 0.15]]
+    g = torch.Generator()
+    g.set_state(state)
+    with torch.no_grad():
+        u0 = s.flow.sample(n, g)[0].numpy()      # the flow's own draws (samplers/se3_flow.py)
+
+    def lq_fn(v):
+        with torch.no_grad():
+            return s.flow.log_prob(torch.from_numpy(v)).numpy()
+
+    u, log_w, accepts, _ = replay_metropolis_round(u0, AugMaps(0.3), lq_fn, [1 / 3, 2 / 3, 1.0],
+                                                   used, 1.0, 0.65, False, g)
+    np.testing.assert_allclose(u_out.numpy(), u, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(lw_out.numpy(), log_w, rtol=1e-5, atol=1e-4)
+    assert 0.05 < min(accepts) and max(accepts) < 0.95
+    assert info["ais_accept"] == pytest.approx(accepts, abs=1e-12)
