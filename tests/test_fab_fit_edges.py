@@ -118,3 +118,16 @@ def test_a_time_cap_of_zero_runs_nothing():
     assert info["steps"] == 0 and info["ais_rounds"] == 0 and info["budget_binding"] == "seconds"
     assert info["warnings"][0].startswith("budget below one training step:")
     assert "budget max_seconds=1e-09, 0 evaluations" in info["warnings"][0]
+
+
+@pytest.mark.parametrize("target, sigma", [("gmm40", 40.0), ("dw4", 2.0), ("lj13", 1.0),
+                                           ("lj55", 1.0), ("unknown", 1.0)])
+def test_the_contract_config_keeps_the_per_target_scale(target, sigma):
+    """The tiny configuration shrinks the network and buffer, not the base scale: sigma is the
+    one the default config resolves to (samplers.pis.SIGMA_DEFAULTS, 1.0 for other targets),
+    for a target object or its name."""
+    cfg = FAB.tiny_config(target)
+    assert cfg.sigma == sigma
+    if target != "unknown":
+        assert FAB.tiny_config(targets.get(target)).sigma == sigma
+    cfg.validate()

@@ -220,3 +220,35 @@ def test_a_state_loaded_after_fit_restores_the_flow_and_its_log_q_draws():
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.sample(8, torch.Generator().manual_seed(3)), x)
     assert torch.equal(b.log_prob(x), a.log_prob(x))    # the same flow and the same draws of a
+
+
+def test_an_se3_continued_fit_keeps_the_log_q_draws_of_one_longer_fit():
+    tiny_se3 = dict(flow="se3_aug", n_layers=1, hidden=8, egnn_blocks=1, egnn_features=8,
+                    batch_size=16, buffer_min=32, buffer_size=64, n_leapfrog=1,
+                    n_updates_per_ais=2, n_aug_samples=3)
+    t = targets.get("dw4")
+    whole, _ = _fit(tiny_se3, t, 4)
+    first, _ = _fit(tiny_se3, t, 2)
+    rest, _ = _fit(tiny_se3, t, 4, first.state_dict(), seed=9)
+    x = whole.sample(6, torch.Generator().manual_seed(2))
+    assert torch.equal(rest.sample(6, torch.Generator().manual_seed(2)), x)
+    assert torch.equal(rest.log_prob(x), whole.log_prob(x))
+
+
+def test_a_state_without_metropolis_steps_continues_from_the_initial_ones():
+    """States saved before the Metropolis option lack ``rw_steps``: the fit keeps its own."""
+    cfg = {**TINY, "transition": "metropolis", "metropolis_step": 2.5, "n_metropolis": 2}
+    t = targets.get("dw4")
+    first, _ = _fit(cfg, t, 3)
+    state = first.state_dict()
+    del state["rw_steps"]
+    _, info = _fit(cfg, t, 6, state)
+    assert info["steps"] == 6 and info["metropolis_steps"] == [[2.5, 2.5], [2.5, 2.5]]
+
+
+def test_a_float64_state_continues_in_a_float32_fit():
+    t = targets.get("dw4")
+    first, _ = _fit({**TINY, "dtype": "float64"}, t, 3)
+    rest, info = _fit(TINY, t, 6, first.state_dict())
+    assert info["steps"] == 6
+    assert all(b.dtype == torch.float32 for b in rest.state_dict()["buffer"])
