@@ -206,6 +206,10 @@ def test_a_continued_fit_is_one_longer_fit(transition):
                 "train_loss", "buffer"):
         assert info_rest[key] == info_whole[key], key
     assert rest.state_dict()["opt"]["state"][0]["step"] == 9
+    # the loaded state is used once: fitting the same instance again starts afresh
+    rest.fit(t, Budget(max_energy_evals=10 ** 6), torch.Generator().manual_seed(0))
+    for p, q in zip(whole.flow.parameters(), rest.flow.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_a_state_loaded_after_fit_restores_the_flow_and_its_log_q_draws():
