@@ -131,3 +131,54 @@ def test_the_contract_config_keeps_the_per_target_scale(target, sigma):
     if target != "unknown":
         assert FAB.tiny_config(targets.get(target)).sigma == sigma
     cfg.validate()
+
+
+def test_defaults_and_the_config_error_prefix():
+    assert FAB().config == FABConfig()
+    with pytest.raises(ValueError, match=r"^fab\.lr: "):
+        FAB(FABConfig(lr=-1.0))
+
+
+def test_an_unknown_target_gets_sigma_one():
+    from test_fab_ais_exact import WallTarget
+    s = FAB(FABConfig(**{**TINY, "max_iters": 0}))
+    assert s.fit(WallTarget(), Budget(max_steps=1), torch.Generator().manual_seed(0))["sigma"] == 1.0
+
+
+def test_the_se3_flow_is_built_from_the_config():
+    """Compared with the same flow built directly from the config's values (samplers/se3_flow.py):
+    the parameter shapes (layers, widths, EGNN blocks and features, n_aug) and the scales."""
+    from samplers.se3_flow import AugmentedCouplingFlow
+    cfg = dict(flow="se3_aug", n_layers=2, hidden=12, egnn_blocks=2, egnn_features=6, n_aug=3,
+               aug_scale=0.25, sigma=1.7, max_iters=0)
+    s = FAB(FABConfig(**{**TINY, **cfg}))
+    s.fit(targets.get("dw4"), Budget(max_steps=1), torch.Generator().manual_seed(0))
+    ref = AugmentedCouplingFlow(4, 2, torch.Generator().manual_seed(0), n_aug=3, n_layers=2,
+                                hidden=12, n_blocks=2, n_features=6, sigma=1.7, aug_scale=0.25)
+    got = {k: v.shape for k, v in s.flow.flow.state_dict().items()}
+    assert got == {k: v.shape for k, v in ref.state_dict().items()}
+    assert (s.flow.flow.sigma, s.flow.flow.aug_scale, s.flow.flow.n_aug) == (1.7, 0.25, 3)
+    assert s.flow.dim == 6 + 3 * 4 * 2
+
+
+def test_the_se3_log_q_draws_come_from_the_fit_generator():
+    tiny = dict(flow="se3_aug", n_layers=1, hidden=8, egnn_blocks=1, egnn_features=8,
+                n_aug_samples=3, max_iters=0)
+    x = torch.randn(5, 8)
+    out = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        s = FAB(FABConfig(**{**TINY, **tiny}))
+        s.fit(targets.get("dw4"), Budget(max_steps=1), torch.Generator().manual_seed(0))
+        out.append(s.log_prob(x))
+    assert torch.equal(out[0], out[1])
+
+
+def test_a_non_finite_training_loss_is_reported_as_diverged(monkeypatch):
+    from samplers import fab as fab_module
+    from samplers.base import Diverged
+    monkeypatch.setattr(fab_module, "buffer_loss",
+                        lambda log_q, *a, **k: log_q.sum() * float("nan"))
+    s = FAB(FABConfig(**TINY))
+    with pytest.raises(Diverged, match=r"^fab: training loss: 1 non-finite values$"):
+        s.fit(targets.get("gmm40"), Budget(max_steps=2), torch.Generator().manual_seed(0))
