@@ -59,7 +59,7 @@ def test_conditioners_start_uniform_in_one_over_root_fan_in_with_a_zero_last_lay
             continue
         uniform += 1
         b = 1 / math.sqrt(m.in_features)
-        for p in (m.weight, m.bias):
+        for p in (m.weight.detach(), m.bias.detach()):
             assert float(p.abs().max()) <= b and float(p.abs().max()) > 0.8 * b
             assert abs(float(p.mean())) < 0.2 * b                  # centred, not one-sided
     assert (zero, uniform) == (2, 4)
