@@ -12,7 +12,8 @@ log p̃(u) = -E(x) + d log sigma). Step sizes follow Hoffman & Gelman's dual ave
 here too. The only thing shared with the code is the generator stream (the same draws in the
 same order: flow noise in float32, then per move the momentum / proposal noise and one uniform
 per chain), recorded by a wrapper around ``FAB._ais`` at the start of each round. The code's b
-come from a float32 ``torch.linspace`` (1e-8 from k/(K+1)), hence the tolerances 1e-5 (relative) and 1e-4 (absolute).
+come from a float32 ``torch.linspace`` (1e-8 from k/(K+1)), hence the tolerances 1e-5 (relative)
+and 1e-4 (absolute).
 """
 import math
 
@@ -31,7 +32,7 @@ WALL = 2.5   # the test target's energy is +inf for x_0 > WALL
 
 
 class WallTarget(Target):
-    """E(x) = ½ Σ ((x - c)/s)² + 0.1 Σ x⁴, +inf where x_0 > ``wall`` (so some AIS weights are 0)."""
+    """E(x) = ½ Σ ((x - c)/s)² + 0.1 Σ x⁴, +inf where x_0 > ``wall`` (some AIS weights are 0)."""
 
     name = "t_fab_wall"
     pretty_name = "Wall-2D"

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-import samplers
 import targets
 from samplers import fab_ais, fab_buffer
 from samplers.base import Budget
@@ -161,7 +160,8 @@ def test_argument_errors_say_what_arrived():
     for n in (0, 2.0):
         with pytest.raises(ValueError, match=rf"^fab: n must be a positive int, got {n!r}$"):
             s.sample(n, torch.Generator())
-    with pytest.raises(ValueError, match=r"^fab.log_prob: x must have shape \[n, 2\], got \(3, 4\)$"):
+    with pytest.raises(ValueError,
+                       match=r"^fab.log_prob: x must have shape \[n, 2\], got \(3, 4\)$"):
         s.log_prob(torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"^fab.log_prob: x must have shape \[n, 2\], got \(2,\)$"):
         s.log_prob(torch.zeros(2))

@@ -15,7 +15,6 @@ reported loss and lr must agree.
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -91,7 +90,8 @@ def replay(cfg, spy):
                 break
             if cfg.buffer_sampling == "per_step":
                 lw_seen, k, idx = next(singles)
-                assert k == cfg.batch_size and torch.allclose(lw_seen, lw_buf, rtol=1e-9, atol=1e-12)
+                assert k == cfg.batch_size
+                assert torch.allclose(lw_seen, lw_buf, rtol=1e-9, atol=1e-12)
             else:
                 idx = batches[j]
             lr_v = lr_formula(steps, cfg)
