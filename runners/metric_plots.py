@@ -25,6 +25,7 @@ from . import style  # noqa: E402
 from .tables import mean_sem, metric_columns  # noqa: E402
 
 DODGE = 1.04  # horizontal factor between neighbouring samplers on the log x axis
+NOTE_WIDTH = 48  # characters per line of the "not shown" note (7 pt under a 3.6-inch panel)
 
 
 def _label(name: str, df: pd.DataFrame | None) -> str:
@@ -112,8 +113,10 @@ def metric_figure(df: pd.DataFrame, metric: str):
             handles.setdefault(_label(s, df), cont)
         missing = not_drawn(df, t, metric, drawn)
         if missing:
-            ax.text(0.01, -0.3, "not shown: " + ", ".join(missing), transform=ax.transAxes,
-                    fontsize=7, color="0.35", va="top", wrap=True)
+            # wrapped to the panel's width by hand: matplotlib's wrap=True lets tight_layout
+            # see the unwrapped line, which squeezed the axes to nothing with 8 samplers listed
+            ax.text(0.01, -0.36, textwrap.fill("not shown: " + ", ".join(missing), NOTE_WIDTH),
+                    transform=ax.transAxes, fontsize=7, color="0.35", va="top")
         ax.set_xscale("log")
         wide_axis(ax, sub["mean"].to_numpy(float), sub["mean"].to_numpy(float), "y")
         lo, hi = sub["evals"].min(), sub["evals"].max()

@@ -185,3 +185,22 @@ def test_no_panel_for_a_target_where_the_metric_is_undefined():
     assert "fraction, 0 to 1" in titled[0].get_ylabel().replace("\n", " ")
     assert any("not applicable on GMM-40" in t.get_text() for t in fig.texts)
     plt.close(fig)
+
+
+def test_a_long_not_shown_note_keeps_the_panels_wide(recwarn):
+    """Eight samplers without a point on every panel (the smoke grid's ESS figure): the note is
+    wrapped to the panel, so tight_layout neither gives up nor squeezes the axes (it did both
+    with matplotlib's own wrapping: panels ~1 % of the figure wide, notes overlapping)."""
+    names = ["fab", "mala", "hmc", "rwm", "smc", "pis", "dds", "idem", "pdem"]
+    df = rows(names, targets=("gmm40", "dw4", "lj13", "lj55"), metric="ess")
+    df.loc[df["sampler"] != "fab", "ess"] = math.nan  # only FAB has weights
+    fig = metric_plots.metric_figure(df, "ess")
+    assert not [w for w in recwarn if "tight_layout" in str(w.message).lower()
+                or "tight layout" in str(w.message).lower()]
+    fig.canvas.draw()
+    widths = [ax.get_position().width for ax in fig.axes]
+    assert len(widths) == 4 and min(widths) > 0.12  # each of four panels a real share of the width
+    notes = [t for ax in fig.axes for t in ax.texts if t.get_text().startswith("not shown")]
+    assert len(notes) == 4
+    assert all(max(map(len, t.get_text().split("\n"))) <= metric_plots.NOTE_WIDTH for t in notes)
+    plt.close(fig)
