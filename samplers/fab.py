@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import fab_ais, fab_buffer, kernels, register
+from . import fab_ais, fab_buffer, fab_state, kernels, register
 from .base import Budget, below_one_step_warning, check_finite, validated
 from .fab_config import FLOWS, FABConfig, buffer_loss, warmup_cosine_lr  # noqa: F401 (re-exported)
 from .pis import SIGMA_DEFAULTS, _target_name
@@ -255,8 +255,8 @@ class FAB:
         cost = cfg.batch_size * (1 + cfg.n_intermediate * moves)
         steps, rounds, last = 0, 0, {}
         if self._pending_state is not None:   # continue a saved fit (runners/ladder.py, cell.py)
-            (buf_u, buf_lw, buf_lq), steps, rounds, last = self._restore(
-                self._pending_state, opt, generator)
+            (buf_u, buf_lw, buf_lq), steps, rounds, last = fab_state.restore(
+                self, self._pending_state, opt, generator)
             self._pending_state = None
         done = False
         while (not done and (cfg.max_iters is None or steps < cfg.max_iters)
@@ -334,44 +334,17 @@ class FAB:
         only between AIS rounds)."""
         if self._train is None:
             raise RuntimeError("fab.state_dict: call fit first")
-        t = self._train
-        return {"flow_kind": self.config.flow, "target": self.target.name, "sigma": self.sigma,
-                "flow": self.flow.state_dict(), "opt": t["opt"].state_dict(),
-                "buffer": tuple(b.cpu() for b in t["buffer"]), "steps": t["steps"],
-                "rounds": t["rounds"], "last": t["last"], "generator": t["generator"],
-                "adapters": [a.state for a in self.adapters], "step_sizes": list(self.step_sizes),
-                "rw_steps": [list(s) for s in self.rw_steps], "dtype": self.config.dtype,
-                "accept": list(self.accept), "eval_seed": getattr(self, "_eval_seed", None)}
+        return fab_state.saved(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Before ``fit``: applied when the target is bound, and training continues from it.
         After ``fit``: the flow is restored at once (``sample``/``log_prob`` as saved)."""
-        if state.get("flow_kind") != self.config.flow:
-            raise ValueError(f"fab.load_state_dict: the state is of flow {state.get('flow_kind')!r}"
-                             f", not {self.config.flow!r}")
+        fab_state.check_flow_kind(state, self.config.flow)
         if self.flow is None:
             self._pending_state = state
         else:
             self.flow.load_state_dict(state["flow"])
             self._eval_seed = state["eval_seed"]
-
-    def _restore(self, state, opt, generator):
-        if state["target"] != self.target.name or abs(state["sigma"] - self.sigma) > 1e-12:
-            raise ValueError(f"fab.fit: the loaded state is of target {state['target']!r}, sigma "
-                             f"{state['sigma']}; this fit is {self.target.name!r}, {self.sigma}")
-        self.flow.load_state_dict(state["flow"])
-        opt.load_state_dict(state["opt"])
-        for adapter, da in zip(self.adapters, state["adapters"]):
-            adapter.state = da
-        self.step_sizes, self.accept = list(state["step_sizes"]), list(state["accept"])
-        # (states saved before the Metropolis option have no rw_steps: keep the initial ones)
-        self.rw_steps = [list(s) for s in state.get("rw_steps", self.rw_steps)]
-        self._eval_seed = state["eval_seed"]
-        # after _bind drew the (overwritten) initial flow: the stream goes on where the saved fit
-        # stopped, so the continued fit draws what one longer fit would have drawn
-        generator.set_state(state["generator"])
-        buffer = tuple(b.to(self.device, self.dtype) for b in state["buffer"])
-        return buffer, state["steps"], state["rounds"], dict(state["last"])
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
