@@ -28,9 +28,6 @@ DODGE = 1.04  # horizontal factor between neighbouring samplers on the log x axi
 NOTE_WIDTH = 48  # characters per line of the "not shown" note (7 pt under a 3.6-inch panel)
 
 
-def _label(name: str, df: pd.DataFrame | None) -> str:
-    return style.sampler_pretty(name, df)
-
 
 def metric_points(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per (target, sampler): mean energy evaluations and mean ± s.e.m. of ``metric`` over the ok
@@ -62,7 +59,7 @@ def not_drawn(df: pd.DataFrame, target: str, metric: str, drawn) -> list[str]:
             continue
         state, _ = cell_state(g[g["sampler"] == s], metric)
         mark = {"ok": "no finite value"}.get(state, MARKS.get(state, state))
-        out.append(f"{_label(s, df)} ({mark})")
+        out.append(f"{style.sampler_pretty(s, df)} ({mark})")
     return out
 
 
@@ -109,8 +106,8 @@ def metric_figure(df: pd.DataFrame, metric: str):
             sem = r["sem"] if np.isfinite(r["sem"]) else 0.0
             cont = ax.errorbar([r["evals"] * nudge], [r["mean"]], yerr=[[sem], [sem]], fmt="o",
                                ms=6, color=c, ecolor=c, elinewidth=1.4, capsize=3, zorder=3,
-                               label=_label(s, df))
-            handles.setdefault(_label(s, df), cont)
+                               label=style.sampler_pretty(s, df))
+            handles.setdefault(style.sampler_pretty(s, df), cont)
         missing = not_drawn(df, t, metric, drawn)
         if missing:
             # wrapped to the panel's width by hand: matplotlib's wrap=True lets tight_layout

@@ -94,9 +94,6 @@ def _density(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / max(1, len(v)) / np.diff(edges)
 
 
-def _label(name: str, df: pd.DataFrame | None) -> str:
-    return style.sampler_pretty(name, df)
-
 
 def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dict,
                 df: pd.DataFrame | None = None):
@@ -114,6 +111,7 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
         title += " (no reference: bins from the samples)"
     names = style.sampler_order(by_sampler)
     colors = style.sampler_colors(names)
+    pretty = {n: style.sampler_pretty(n, df) for n in names}
     outside = []
     for name in names:
         raw = np.asarray(by_sampler[name], dtype=float).ravel()
@@ -126,7 +124,7 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
         nan_note = f", {100 * (1 - len(v) / len(raw)):.1f}% NaN" if len(v) < len(raw) else ""
         if below + above < 1:
             ax.stairs(_density(v, edges), edges, lw=1.6, color=colors[name],
-                      label=f"{_label(name, df)} ({out_pct:.1f}% outside{nan_note})")
+                      label=f"{pretty[name]} ({out_pct:.1f}% outside{nan_note})")
         else:
             outside.append((name, below >= above))
     if outside:  # markers at the edge the samples lie beyond, stacked so none hides another
@@ -135,12 +133,12 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
             y = top * (0.92 - 0.08 * (k % 11))
             if low is None:  # every value NaN: nowhere to put it, an x at the right edge
                 ax.plot([edges[-1]], [y], marker="X", ms=9, color=colors[name], ls="none",
-                        clip_on=False, zorder=5, label=f"{_label(name, df)}: every value NaN")
+                        clip_on=False, zorder=5, label=f"{pretty[name]}: every value NaN")
                 continue
             x = edges[0] if low else edges[-1]
             ax.plot([x], [y], marker="<" if low else ">", ms=11,
                     color=colors[name], ls="none", clip_on=False, zorder=5,
-                    label=f"{_label(name, df)}: 100% {'below' if low else 'above'} this range "
+                    label=f"{pretty[name]}: 100% {'below' if low else 'above'} this range "
                           f"(arrow; see right panel)")
     ax.set_xlim(edges[0], edges[-1])
     ax.set(title=title, xlabel=xlabel, ylabel="density")
@@ -156,7 +154,7 @@ def hist_figure(title: str, xlabel: str, ref: np.ndarray | None, by_sampler: dic
             patch.set_facecolor(c)
             patch.set_alpha(0.7)
         bx.set_yticks(range(1, len(sets) + 1),
-                      [n if n == "reference" else _label(n, df) for n, _, _ in sets], fontsize=8)
+                      [n if n == "reference" else pretty[n] for n, _, _ in sets], fontsize=8)
         wide_axis(bx, np.concatenate([v for _, v, _ in sets]), pool, "x")
         bx.axvspan(edges[0], edges[-1], color="0.9", zorder=0, label="left panel's range")
         bx.invert_yaxis()
@@ -230,7 +228,7 @@ def gmm_samples(out: Path, df: pd.DataFrame, fig_dir: Path, lim: float = 50.0) -
                     extend="neither", alpha=0.7)
         color = "0.25" if name.startswith("reference") else style.sampler_color(name)
         ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6, color=color, linewidths=0)
-        title = name if name.startswith("reference") else _label(name, df)
+        title = name if name.startswith("reference") else style.sampler_pretty(name, df)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, aspect="equal")
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
